@@ -1,0 +1,177 @@
+/*
+ * The subset of llama.h / ggml.h / ggml-backend.h that rotorquant's Python layer
+ * calls, in cffi's declaration language.  This is *not* a copy of the headers:
+ * the cffi extension is compiled in API mode against the real headers, so
+ *   - struct fields listed here are checked, and `...;` leaves the rest (and the
+ *     layout) to the compiler;
+ *   - enum values written as `...` are taken from the headers at build time;
+ *   - a declaration that drifted from upstream fails the build, not the user.
+ * Add what a new feature needs; never retype a value.
+ */
+
+/* ---- ggml ---------------------------------------------------------------- */
+enum ggml_type {
+    GGML_TYPE_F32 = ..., GGML_TYPE_F16 = ..., GGML_TYPE_BF16 = ...,
+    GGML_TYPE_Q8_0 = ..., GGML_TYPE_Q4_0 = ..., GGML_TYPE_Q4_1 = ...,
+    GGML_TYPE_IQ4_NL = ..., GGML_TYPE_Q5_0 = ..., GGML_TYPE_Q5_1 = ...,
+    GGML_TYPE_COUNT = ...,
+    ...
+};
+
+enum ggml_log_level {
+    GGML_LOG_LEVEL_NONE = ..., GGML_LOG_LEVEL_DEBUG = ..., GGML_LOG_LEVEL_INFO = ...,
+    GGML_LOG_LEVEL_WARN = ..., GGML_LOG_LEVEL_ERROR = ..., GGML_LOG_LEVEL_CONT = ...,
+    ...
+};
+
+typedef void (*ggml_log_callback)(enum ggml_log_level level, const char * text, void * user_data);
+
+const char * ggml_type_name(enum ggml_type type);
+size_t       ggml_type_size(enum ggml_type type);
+int64_t      ggml_blck_size(enum ggml_type type);
+bool         ggml_is_quantized(enum ggml_type type);
+
+typedef struct ggml_backend_reg * ggml_backend_reg_t;
+typedef struct ggml_backend_device * ggml_backend_dev_t;
+size_t             ggml_backend_reg_count(void);
+ggml_backend_reg_t ggml_backend_reg_get(size_t index);
+const char *       ggml_backend_reg_name(ggml_backend_reg_t reg);
+size_t             ggml_backend_dev_count(void);
+ggml_backend_dev_t ggml_backend_dev_get(size_t index);
+const char *       ggml_backend_dev_name(ggml_backend_dev_t device);
+const char *       ggml_backend_dev_description(ggml_backend_dev_t device);
+ggml_backend_reg_t ggml_backend_dev_backend_reg(ggml_backend_dev_t device);
+
+/* ---- llama: types -------------------------------------------------------- */
+#define LLAMA_DEFAULT_SEED ...
+
+typedef int32_t llama_pos;
+typedef int32_t llama_token;
+typedef int32_t llama_seq_id;
+
+struct llama_model;
+struct llama_context;
+struct llama_vocab;
+struct llama_sampler;
+typedef struct llama_memory_i * llama_memory_t;
+
+enum llama_flash_attn_type {
+    LLAMA_FLASH_ATTN_TYPE_AUTO = ..., LLAMA_FLASH_ATTN_TYPE_DISABLED = ...,
+    LLAMA_FLASH_ATTN_TYPE_ENABLED = ...,
+    ...
+};
+
+typedef struct llama_batch {
+    int32_t n_tokens;
+    llama_token * token;
+    float * embd;
+    llama_pos * pos;
+    int32_t * n_seq_id;
+    llama_seq_id ** seq_id;
+    int8_t * logits;
+} llama_batch;
+
+struct llama_model_params {
+    int32_t n_gpu_layers;
+    bool vocab_only;
+    ...;
+};
+
+struct llama_context_params {
+    uint32_t n_ctx;
+    uint32_t n_batch;
+    uint32_t n_ubatch;
+    uint32_t n_seq_max;
+    int32_t  n_threads;
+    int32_t  n_threads_batch;
+    enum llama_flash_attn_type flash_attn_type;
+    enum ggml_type type_k;
+    enum ggml_type type_v;
+    bool no_perf;
+    ...;
+};
+
+struct llama_sampler_chain_params {
+    bool no_perf;
+    ...;
+};
+
+/* ---- llama: functions ---------------------------------------------------- */
+void llama_backend_init(void);
+const char * llama_print_system_info(void);
+void llama_log_set(ggml_log_callback log_callback, void * user_data);
+
+struct llama_model_params   llama_model_default_params(void);
+struct llama_context_params llama_context_default_params(void);
+struct llama_sampler_chain_params llama_sampler_chain_default_params(void);
+
+struct llama_model * llama_model_load_from_file(const char * path_model, struct llama_model_params params);
+void llama_model_free(struct llama_model * model);
+struct llama_context * llama_init_from_model(struct llama_model * model, struct llama_context_params params);
+void llama_free(struct llama_context * ctx);
+
+uint32_t llama_n_ctx(const struct llama_context * ctx);
+uint32_t llama_n_batch(const struct llama_context * ctx);
+llama_memory_t llama_get_memory(const struct llama_context * ctx);
+void llama_memory_clear(llama_memory_t mem, bool data);
+
+const struct llama_vocab * llama_model_get_vocab(const struct llama_model * model);
+int32_t  llama_model_n_ctx_train(const struct llama_model * model);
+int32_t  llama_model_n_layer(const struct llama_model * model);
+int32_t  llama_model_n_embd(const struct llama_model * model);
+uint64_t llama_model_size(const struct llama_model * model);
+uint64_t llama_model_n_params(const struct llama_model * model);
+int32_t  llama_model_desc(const struct llama_model * model, char * buf, size_t buf_size);
+int32_t  llama_model_meta_count(const struct llama_model * model);
+int32_t  llama_model_meta_key_by_index(const struct llama_model * model, int32_t i, char * buf, size_t buf_size);
+int32_t  llama_model_meta_val_str_by_index(const struct llama_model * model, int32_t i, char * buf, size_t buf_size);
+
+int32_t llama_vocab_n_tokens(const struct llama_vocab * vocab);
+bool    llama_vocab_is_eog(const struct llama_vocab * vocab, llama_token token);
+llama_token llama_vocab_bos(const struct llama_vocab * vocab);
+bool    llama_vocab_get_add_bos(const struct llama_vocab * vocab);
+int32_t llama_tokenize(const struct llama_vocab * vocab, const char * text, int32_t text_len,
+                       llama_token * tokens, int32_t n_tokens_max, bool add_special, bool parse_special);
+int32_t llama_token_to_piece(const struct llama_vocab * vocab, llama_token token, char * buf,
+                             int32_t length, int32_t lstrip, bool special);
+int32_t llama_detokenize(const struct llama_vocab * vocab, const llama_token * tokens, int32_t n_tokens,
+                         char * text, int32_t text_len_max, bool remove_special, bool unparse_special);
+
+struct llama_batch llama_batch_get_one(llama_token * tokens, int32_t n_tokens);
+int32_t llama_decode(struct llama_context * ctx, struct llama_batch batch);
+float * llama_get_logits_ith(struct llama_context * ctx, int32_t i);
+
+struct llama_sampler * llama_sampler_chain_init(struct llama_sampler_chain_params params);
+void llama_sampler_chain_add(struct llama_sampler * chain, struct llama_sampler * smpl);
+struct llama_sampler * llama_sampler_init_greedy(void);
+struct llama_sampler * llama_sampler_init_dist(uint32_t seed);
+struct llama_sampler * llama_sampler_init_top_k(int32_t k);
+struct llama_sampler * llama_sampler_init_top_p(float p, size_t min_keep);
+struct llama_sampler * llama_sampler_init_min_p(float p, size_t min_keep);
+struct llama_sampler * llama_sampler_init_temp(float t);
+llama_token llama_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t idx);
+void llama_sampler_free(struct llama_sampler * smpl);
+
+struct llama_perf_context_data {
+    double t_start_ms;
+    double t_load_ms;
+    double t_p_eval_ms;
+    double t_eval_ms;
+    int32_t n_p_eval;
+    int32_t n_eval;
+    ...;
+};
+struct llama_perf_context_data llama_perf_context(const struct llama_context * ctx);
+void llama_perf_context_reset(struct llama_context * ctx);
+
+/* ---- rotorquant shim (csrc/shim/rq_shim.h) ------------------------------- */
+struct rq_memory_bytes {
+    size_t model;
+    size_t context;
+    size_t compute;
+};
+void rq_context_memory(const struct llama_context * ctx, struct rq_memory_bytes * out);
+void rq_log_silence(void);
+
+/* C logs reach Python through this callback (rotorquant/_logging.py). */
+extern "Python" void _rq_python_log(enum ggml_log_level level, const char * text, void * user_data);

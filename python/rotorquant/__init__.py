@@ -1,0 +1,18 @@
+"""rotorquant: llama.cpp with RotorQuant KV-cache compression.
+
+>>> import rotorquant
+>>> rotorquant.build_info()["upstream_commit"]
+'0c1e57098'
+>>> from rotorquant import Llama
+>>> llm = Llama("model.gguf", cache_type_k="q8_0", cache_type_v="q8_0")
+"""
+from . import cache_types, errors
+from .errors import ContextError, DecodeError, ModelLoadError, RotorQuantError
+from .info import build_info
+from ._native import build_config
+from .llama import Llama
+
+__version__ = build_config.VERSION
+
+__all__ = ["Llama", "build_info", "cache_types", "errors", "RotorQuantError", "ModelLoadError",
+           "ContextError", "DecodeError", "__version__"]

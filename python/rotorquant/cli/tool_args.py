@@ -1,0 +1,111 @@
+"""Checks and defaults applied to a bundled tool's arguments before it runs.
+
+Pure functions over argument lists, so they are tested without starting a
+process.  The tools themselves stay the authority on everything else: unknown
+flags pass through untouched.
+"""
+from __future__ import annotations
+
+import ipaddress
+
+from .. import cache_types
+
+# rq-run subcommand -> bundled binary
+TOOLS = {
+    "cli": "llama-cli",
+    "server": "llama-server",
+    "completion": "llama-completion",
+    "bench": "llama-bench",
+    "perplexity": "llama-perplexity",
+    "quantize": "llama-quantize",
+    "mtmd": "llama-mtmd-cli",
+    "rpc-server": "ggml-rpc-server",
+    "gguf-split": "llama-gguf-split",
+    "imatrix": "llama-imatrix",
+}
+
+# Tools that take -ctk/-ctv and -fa.
+_ATTENTION_TOOLS = {"cli", "server", "completion", "bench", "perplexity", "mtmd", "imatrix"}
+
+_K_FLAGS = ("-ctk", "--cache-type-k", "-ctkd", "--cache-type-k-draft")
+_V_FLAGS = ("-ctv", "--cache-type-v", "-ctvd", "--cache-type-v-draft")
+_FA_FLAGS = ("-fa", "--flash-attn")
+_FA_OFF = {"off", "0", "false", "disabled"}
+
+
+class ToolArgsError(ValueError):
+    """The arguments would make the tool fail or do something unsafe."""
+
+
+def _values(args: list[str], flags: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(flag, value) pairs for every occurrence of ``flags`` (``-f v`` or ``-f=v``)."""
+    found = []
+    for i, arg in enumerate(args):
+        for flag in flags:
+            if arg == flag:
+                if i + 1 >= len(args):
+                    raise ToolArgsError(f"{flag} needs a value")
+                found.append((flag, args[i + 1]))
+            elif arg.startswith(flag + "="):
+                found.append((flag, arg[len(flag) + 1:]))
+    return found
+
+
+def _cache_types_in(args: list[str], flags: tuple[str, ...], tool: str) -> list[cache_types.CacheType]:
+    out = []
+    for flag, value in _values(args, flags):
+        # llama-bench takes comma-separated lists to sweep over
+        for name in value.split(",") if tool == "bench" else [value]:
+            try:
+                out.append(cache_types.get(name))
+            except ValueError as exc:
+                raise ToolArgsError(f"{flag} {name}: {exc}") from None
+    return out
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".sock"):  # a unix socket is local too
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def prepare(tool: str, args: list[str], env: "dict[str, str] | None" = None) -> list[str]:
+    """Return the argument list to run ``tool`` with, or raise ``ToolArgsError``.
+
+    * ``-ctk``/``-ctv`` (and the draft-model variants) must name a known cache type;
+    * a quantized V cache needs flash attention: it is switched on when ``-fa``
+      is absent, and ``-fa off`` with it is an error;
+    * ``server`` binds 127.0.0.1 unless ``--host`` says otherwise, and refuses a
+      non-loopback host without an API key.
+    """
+    env = env or {}
+    args = list(args)
+    if tool not in _ATTENTION_TOOLS:
+        return args
+    _cache_types_in(args, _K_FLAGS, tool)
+    v_types = _cache_types_in(args, _V_FLAGS, tool)
+    quantized_v = [t.name for t in v_types if t.needs_flash_attn]
+    if quantized_v:
+        fa = _values(args, _FA_FLAGS)
+        if not fa:
+            args += ["-fa", "1" if tool == "bench" else "on"]
+        elif any(value.lower() in _FA_OFF for _, value in fa) and tool != "bench":
+            raise ToolArgsError(
+                f"V cache type {quantized_v[0]} is quantized, and llama.cpp reads a quantized V "
+                "cache only with flash attention; drop '-fa off' or use -ctv f16")
+    if tool == "server":
+        hosts = [value for _, value in _values(args, ("--host",))]
+        host = hosts[-1] if hosts else env.get("LLAMA_ARG_HOST")
+        if host is None:
+            args += ["--host", "127.0.0.1"]
+        elif not _is_loopback(host):
+            has_key = _values(args, ("--api-key", "--api-key-file")) or env.get("LLAMA_API_KEY")
+            if not has_key:
+                raise ToolArgsError(
+                    f"--host {host} exposes the server beyond this machine, and without "
+                    "--api-key (or --api-key-file) anyone who can reach the port can use the "
+                    "model and read other users' prompts; add --api-key, or bind 127.0.0.1")
+    return args

@@ -1,0 +1,29 @@
+"""Exceptions raised by rotorquant.
+
+Failures inside llama.cpp are reported by a NULL pointer or an error code; the
+reason is only ever printed through the log callback.  Every exception here
+therefore carries ``reason``: the error/warning lines llama.cpp logged while the
+failing call ran, so a user sees "failed to allocate buffer of size 9 GiB", not
+"failed to create context".
+"""
+from __future__ import annotations
+
+
+class RotorQuantError(RuntimeError):
+    """Base class: something llama.cpp refused or could not do."""
+
+    def __init__(self, message: str, reason: str = ""):
+        self.reason = reason
+        super().__init__(f"{message}: {reason}" if reason else message)
+
+
+class ModelLoadError(RotorQuantError):
+    """A GGUF file could not be loaded (bad tensors, unknown architecture, memory)."""
+
+
+class ContextError(RotorQuantError):
+    """A context (KV cache, compute buffers) could not be created."""
+
+
+class DecodeError(RotorQuantError):
+    """llama_decode failed: context full, aborted, or a backend error."""
