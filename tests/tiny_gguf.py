@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-N_EMBD, N_HEAD, N_HEAD_KV, N_FF, N_LAYER = 64, 4, 2, 128, 2
+N_FF, N_LAYER = 256, 2
 WORDS = ["▁the", "▁a", "▁of", "▁and", "▁to", "▁is", "▁in", "▁capital", "▁France", "▁Paris",
          "▁hello", "▁world", "▁.", "e", "t", "a", "o", "n", "s", "▁"]
 
@@ -26,7 +26,9 @@ def vocab() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, [int(t) for t in types]
 
 
-def write_tiny_llama(path: Path, seed: int = 0, n_ctx_train: int = 512) -> Path:
+def write_tiny_llama(path: Path, seed: int = 0, n_ctx_train: int = 512,
+                     n_embd: int = 128, n_head: int = 2, n_head_kv: int = 1) -> Path:
+    """Default shape: 2 layers, head_dim 64, grouped-query attention (2 q heads, 1 kv head)."""
     import gguf
 
     rng = np.random.default_rng(seed)
@@ -35,12 +37,12 @@ def write_tiny_llama(path: Path, seed: int = 0, n_ctx_train: int = 512) -> Path:
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_name("rotorquant-tiny-test")
     w.add_context_length(n_ctx_train)
-    w.add_embedding_length(N_EMBD)
+    w.add_embedding_length(n_embd)
     w.add_block_count(N_LAYER)
     w.add_feed_forward_length(N_FF)
-    w.add_head_count(N_HEAD)
-    w.add_head_count_kv(N_HEAD_KV)
-    w.add_rope_dimension_count(N_EMBD // N_HEAD)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_rope_dimension_count(n_embd // n_head)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(10000.0)
     w.add_file_type(gguf.LlamaFileType.ALL_F32)
@@ -57,21 +59,21 @@ def write_tiny_llama(path: Path, seed: int = 0, n_ctx_train: int = 512) -> Path:
     def rnd(*shape):
         return (rng.standard_normal(shape) * 0.5).astype(np.float32)
 
-    kv = N_EMBD // N_HEAD * N_HEAD_KV
-    w.add_tensor("token_embd.weight", rnd(n_vocab, N_EMBD))
-    w.add_tensor("output_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-    w.add_tensor("output.weight", rnd(n_vocab, N_EMBD))
+    kv = n_embd // n_head * n_head_kv
+    w.add_tensor("token_embd.weight", rnd(n_vocab, n_embd))
+    w.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
+    w.add_tensor("output.weight", rnd(n_vocab, n_embd))
     for i in range(N_LAYER):
         p = f"blk.{i}."
-        w.add_tensor(p + "attn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-        w.add_tensor(p + "attn_q.weight", rnd(N_EMBD, N_EMBD))
-        w.add_tensor(p + "attn_k.weight", rnd(kv, N_EMBD))
-        w.add_tensor(p + "attn_v.weight", rnd(kv, N_EMBD))
-        w.add_tensor(p + "attn_output.weight", rnd(N_EMBD, N_EMBD))
-        w.add_tensor(p + "ffn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-        w.add_tensor(p + "ffn_gate.weight", rnd(N_FF, N_EMBD))
-        w.add_tensor(p + "ffn_up.weight", rnd(N_FF, N_EMBD))
-        w.add_tensor(p + "ffn_down.weight", rnd(N_EMBD, N_FF))
+        w.add_tensor(p + "attn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        w.add_tensor(p + "attn_q.weight", rnd(n_embd, n_embd))
+        w.add_tensor(p + "attn_k.weight", rnd(kv, n_embd))
+        w.add_tensor(p + "attn_v.weight", rnd(kv, n_embd))
+        w.add_tensor(p + "attn_output.weight", rnd(n_embd, n_embd))
+        w.add_tensor(p + "ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        w.add_tensor(p + "ffn_gate.weight", rnd(N_FF, n_embd))
+        w.add_tensor(p + "ffn_up.weight", rnd(N_FF, n_embd))
+        w.add_tensor(p + "ffn_down.weight", rnd(n_embd, N_FF))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file(progress=False)

@@ -195,7 +195,9 @@ def apply_patches(tree: Path) -> list[str]:
     for patch in patch_series():
         proc = _apply_one(patch, tree)
         if proc.returncode != 0:
-            files = re.findall(r"(?:patch failed: |error: )([^\s:]+)[:\s]", proc.stdout)
+            # git: "patch failed: FILE:LINE" / "FILE: No such file"; GNU patch: "patching file FILE"
+            files = re.findall(r"patch failed: (\S+?):\d+|error: (\S+?): |patching file (\S+)", proc.stdout)
+            files = [next(f for f in groups if f) for groups in files]
             where = f" to {files[0]}" if files else ""
             raise PrepareError(
                 f"patch {patch.name} does not apply{where}.\n{proc.stdout.strip()}\n"

@@ -7,6 +7,7 @@ llama.cpp's own memory accounting, not computed).
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 
@@ -23,6 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("-ctv", "--cache-type-v", default="q8_0")
     ap.add_argument("--temp", type=float, default=0.0, help="0 = greedy (default)")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("-v", "--verbose", action="store_true", help="show llama.cpp's log")
     return ap
 
 
@@ -32,6 +34,8 @@ def _mib(n: int) -> str:
 
 def main(argv: "list[str] | None" = None) -> int:
     args = _parser().parse_args(argv)
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("rotorquant.llama").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
     from .. import Llama, RotorQuantError, cache_types
     from ..demo_model import gemma_path
 
