@@ -14,6 +14,8 @@ enum ggml_type {
     GGML_TYPE_F32 = ..., GGML_TYPE_F16 = ..., GGML_TYPE_BF16 = ...,
     GGML_TYPE_Q8_0 = ..., GGML_TYPE_Q4_0 = ..., GGML_TYPE_Q4_1 = ...,
     GGML_TYPE_IQ4_NL = ..., GGML_TYPE_Q5_0 = ..., GGML_TYPE_Q5_1 = ...,
+    GGML_TYPE_PLANAR3 = ..., GGML_TYPE_ISO3 = ..., GGML_TYPE_PLANAR4 = ..., GGML_TYPE_ISO4 = ...,
+    GGML_TYPE_PLANAR_F32 = ..., GGML_TYPE_ISO_F32 = ...,
     GGML_TYPE_COUNT = ...,
     ...
 };
@@ -163,6 +165,64 @@ struct llama_perf_context_data {
 };
 struct llama_perf_context_data llama_perf_context(const struct llama_context * ctx);
 void llama_perf_context_reset(struct llama_context * ctx);
+
+/* ---- rotorquant codecs and CPU kernels (csrc/rotorquant), for tests ------ */
+#define RQ_QK ...
+bool rq_is_cache_type(enum ggml_type type);
+bool rq_is_kv_only_type(enum ggml_type type);
+enum ggml_type rq_rotated_type(enum ggml_type type);
+size_t rq_quantize(enum ggml_type type, const float * src, void * dst, int64_t nrows, int64_t n_per_row);
+typedef void (*ggml_to_float_t)(const void * x, float * y, int64_t k);
+struct ggml_type_traits {
+    const char * type_name;
+    int64_t blck_size;
+    size_t type_size;
+    bool is_quantized;
+    ggml_to_float_t to_float;
+    ...;
+};
+const struct ggml_type_traits * ggml_get_type_traits(enum ggml_type type);
+void rq_rotate_row_planar(const float * x, void * y, int64_t k);
+void rq_rotate_row_iso(const float * x, void * y, int64_t k);
+void rq_vec_dot_rq3(int n, float * s, size_t bs, const void * x, size_t bx, const void * y, size_t by, int nrc);
+void rq_vec_dot_rq4(int n, float * s, size_t bs, const void * x, size_t bx, const void * y, size_t by, int nrc);
+void rq_vec_dot_rq3_ref(int n, float * s, size_t bs, const void * x, size_t bx, const void * y, size_t by, int nrc);
+void rq_vec_dot_rq4_ref(int n, float * s, size_t bs, const void * x, size_t bx, const void * y, size_t by, int nrc);
+void rq_vec_mad_rq3(int n, float * acc, const void * v, float scale);
+void rq_vec_mad_rq4(int n, float * acc, const void * v, float scale);
+void rq_vec_mad_rq3_ref(int n, float * acc, const void * v, float scale);
+void rq_vec_mad_rq4_ref(int n, float * acc, const void * v, float scale);
+
+/* ---- a minimal ggml graph API: lets tests run single ops on the CPU ------- */
+struct ggml_init_params {
+    size_t mem_size;
+    void * mem_buffer;
+    bool no_alloc;
+};
+struct ggml_context;
+struct ggml_cgraph;
+struct ggml_tensor {
+    enum ggml_type type;
+    int64_t ne[4];
+    size_t nb[4];
+    void * data;
+    ...;
+};
+enum ggml_status { GGML_STATUS_SUCCESS = ..., ... };
+struct ggml_context * ggml_init(struct ggml_init_params params);
+void ggml_free(struct ggml_context * ctx);
+struct ggml_tensor * ggml_new_tensor_4d(struct ggml_context * ctx, enum ggml_type type,
+                                        int64_t ne0, int64_t ne1, int64_t ne2, int64_t ne3);
+struct ggml_tensor * ggml_flash_attn_ext(struct ggml_context * ctx, struct ggml_tensor * q,
+                                         struct ggml_tensor * k, struct ggml_tensor * v,
+                                         struct ggml_tensor * mask, float scale, float max_bias,
+                                         float logit_softcap);
+struct ggml_cgraph * ggml_new_graph(struct ggml_context * ctx);
+void ggml_build_forward_expand(struct ggml_cgraph * cgraph, struct ggml_tensor * tensor);
+enum ggml_status ggml_graph_compute_with_ctx(struct ggml_context * ctx, struct ggml_cgraph * cgraph, int n_threads);
+size_t ggml_nbytes(const struct ggml_tensor * tensor);
+size_t ggml_quantize_chunk(enum ggml_type type, const float * src, void * dst, int64_t start,
+                           int64_t nrows, int64_t n_per_row, const float * imatrix);
 
 /* ---- rotorquant shim (csrc/shim/rq_shim.h) ------------------------------- */
 struct rq_memory_bytes {

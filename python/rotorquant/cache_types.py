@@ -17,8 +17,10 @@ from dataclasses import dataclass
 
 from ._native import c_str, lib
 
-# Cache types llama.cpp accepts for -ctk/-ctv, in its own order of listing.
-_NAMES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+# Cache types llama.cpp accepts for -ctk/-ctv, in its own order of listing, then ours
+# (csrc/rotorquant: block rotation + 3- or 4-bit codebook, 64-value blocks).
+_NAMES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1",
+          "planar3", "iso3", "planar4", "iso4")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,11 @@ class CacheType:
     @property
     def quantized(self) -> bool:
         return bool(lib.ggml_is_quantized(self.ggml_type))
+
+    @property
+    def rotorquant(self) -> bool:
+        """One of ours: planar3, iso3, planar4, iso4."""
+        return bool(lib.rq_is_cache_type(self.ggml_type))
 
     @property
     def needs_flash_attn(self) -> bool:

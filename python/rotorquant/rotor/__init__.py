@@ -1,0 +1,1 @@
+"""RotorQuant formats in Python: the tables (generated) and a numpy reference codec."""

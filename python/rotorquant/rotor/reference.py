@@ -1,0 +1,129 @@
+"""Reference codec of the RotorQuant KV-cache types, in numpy.
+
+It mirrors csrc/rotorquant/rq-quants.c operation for operation (float inputs,
+double arithmetic, the same summation order), so for the same input it writes
+the same bytes -- the byte-exact tests compare the two.  It is also the readable
+specification of the formats:
+
+    block of QK = 64 values x:  n = |x|;  y = R x / n;  k_j = #{bounds < y_j};
+    s = half(n / |levels[k]|);  decode: s * R^T levels[k]
+
+3-bit block (26 bytes): half s | qs[16]: 2 low index bits, 4 per byte | signs[8]: bit 2.
+4-bit block (34 bytes): half s | qs[32]: one index per nibble, even element low.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _tables as T
+
+QK = T.QK
+KINDS = ("planar3", "iso3", "planar4", "iso4")
+BLOCK_BYTES = {"planar3": 2 + QK // 4 + QK // 8, "iso3": 2 + QK // 4 + QK // 8,
+               "planar4": 2 + QK // 2, "iso4": 2 + QK // 2}
+
+_COS = np.array(T.PLANAR_COS, dtype=np.float32).astype(np.float64)
+_SIN = np.array(T.PLANAR_SIN, dtype=np.float32).astype(np.float64)
+_QUAT = np.array(T.ISO_QUAT, dtype=np.float32).astype(np.float64)  # (QK/4, 4)
+
+
+def _levels(kind: str) -> tuple[np.ndarray, np.ndarray]:
+    if kind.endswith("3"):
+        return np.array(T.LEVELS3, np.float32), np.array(T.BOUNDS3, np.float32)
+    return np.array(T.LEVELS4, np.float32), np.array(T.BOUNDS4, np.float32)
+
+
+def rotate(x: np.ndarray, kind: str) -> np.ndarray:
+    """y = R x for blocks x of shape (..., QK), in double (as the C quantiser)."""
+    x = np.asarray(x, dtype=np.float32).astype(np.float64)
+    y = np.empty_like(x)
+    if kind.startswith("planar"):
+        u0, u1 = x[..., 0::2], x[..., 1::2]
+        y[..., 0::2] = _COS * u0 - _SIN * u1
+        y[..., 1::2] = _SIN * u0 + _COS * u1
+    else:
+        a0, a1, a2, a3 = (_QUAT[:, i] for i in range(4))
+        v0, v1, v2, v3 = (x[..., i::4] for i in range(4))
+        y[..., 0::4] = a0 * v0 - a1 * v1 - a2 * v2 - a3 * v3
+        y[..., 1::4] = a1 * v0 + a0 * v1 - a3 * v2 + a2 * v3
+        y[..., 2::4] = a2 * v0 + a3 * v1 + a0 * v2 - a1 * v3
+        y[..., 3::4] = a3 * v0 - a2 * v1 + a1 * v2 + a0 * v3
+    return y
+
+
+def unrotate(w: np.ndarray, kind: str) -> np.ndarray:
+    """x = R^T w (the inverse rotation), in double."""
+    w = np.asarray(w, dtype=np.float64)
+    x = np.empty_like(w)
+    if kind.startswith("planar"):
+        w0, w1 = w[..., 0::2], w[..., 1::2]
+        x[..., 0::2] = _COS * w0 + _SIN * w1
+        x[..., 1::2] = -_SIN * w0 + _COS * w1
+    else:
+        a0, a1, a2, a3 = (_QUAT[:, i] for i in range(4))
+        w0, w1, w2, w3 = (w[..., i::4] for i in range(4))
+        x[..., 0::4] = a0 * w0 + a1 * w1 + a2 * w2 + a3 * w3
+        x[..., 1::4] = -a1 * w0 + a0 * w1 + a3 * w2 - a2 * w3
+        x[..., 2::4] = -a2 * w0 - a3 * w1 + a0 * w2 + a1 * w3
+        x[..., 3::4] = -a3 * w0 + a2 * w1 - a1 * w2 + a0 * w3
+    return x
+
+
+def _seq_sum(a: np.ndarray) -> np.ndarray:
+    """Sum over the last axis left to right (C's loop order), not numpy's pairwise sum."""
+    out = np.zeros(a.shape[:-1])
+    for j in range(a.shape[-1]):
+        out = out + a[..., j]
+    return out
+
+
+def quantize(x: np.ndarray, kind: str) -> bytes:
+    """Encode values (length a multiple of QK) into the type's bytes."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose from {KINDS}")
+    blocks = np.asarray(x, dtype=np.float32).reshape(-1, QK)
+    levels, bounds = _levels(kind)
+    x64 = blocks.astype(np.float64)
+    n = np.sqrt(_seq_sum(x64 * x64))
+    y = rotate(blocks, kind)
+    safe = np.where(n > 0, n, 1.0)
+    u = np.where(n[:, None] > 0, y / safe[:, None], 0.0)
+    idx = (u[..., None] > bounds.astype(np.float64)).sum(-1).astype(np.uint8)
+    lv = levels.astype(np.float64)[idx]
+    r = np.sqrt(_seq_sum(lv * lv))
+    s = np.where(r > 0, n / np.where(r > 0, r, 1.0), n).astype(np.float32)
+    s = np.where(s <= 65504.0, s, np.float32(65504.0)).astype(np.float16)
+    out = bytearray()
+    for b in range(blocks.shape[0]):
+        out += s[b].tobytes()
+        k = idx[b].astype(np.uint32)
+        if kind.endswith("3"):
+            qs = (k & 3).reshape(-1, 4) << np.array([0, 2, 4, 6], np.uint32)
+            signs = (k >> 2).reshape(-1, 8) << np.arange(8, dtype=np.uint32)
+            out += qs.sum(-1).astype(np.uint8).tobytes() + signs.sum(-1).astype(np.uint8).tobytes()
+        else:
+            pairs = k.reshape(-1, 2)
+            out += (pairs[:, 0] | (pairs[:, 1] << 4)).astype(np.uint8).tobytes()
+    return bytes(out)
+
+
+def indices(data: bytes, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(scales, codebook indices) of every block in ``data``."""
+    nb = len(data) // BLOCK_BYTES[kind]
+    raw = np.frombuffer(data, np.uint8).reshape(nb, BLOCK_BYTES[kind])
+    s = raw[:, :2].copy().view(np.float16).astype(np.float32)[:, 0]
+    if kind.endswith("3"):
+        qs, signs = raw[:, 2:2 + QK // 4], raw[:, 2 + QK // 4:]
+        lo = (qs[:, :, None] >> np.array([0, 2, 4, 6], np.uint8)) & 3
+        hi = (signs[:, :, None] >> np.arange(8, dtype=np.uint8)) & 1
+        idx = lo.reshape(nb, QK) | (hi.reshape(nb, QK) << 2)
+    else:
+        qs = raw[:, 2:]
+        idx = np.stack([qs & 15, qs >> 4], axis=-1).reshape(nb, QK)
+    return s, idx
+
+
+def dequantize(data: bytes, kind: str) -> np.ndarray:
+    s, idx = indices(data, kind)
+    levels, _ = _levels(kind)
+    return (unrotate(levels.astype(np.float64)[idx], kind) * s[:, None]).astype(np.float32).reshape(-1)
