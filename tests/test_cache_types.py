@@ -7,8 +7,8 @@ from rotorquant._native import lib
 UPSTREAM = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"]
 
 
-def test_lists_the_cache_types_llama_cpp_accepts():
-    assert cache_types.names()[:len(UPSTREAM)] == UPSTREAM
+def test_lists_upstreams_cache_types_then_ours():
+    assert cache_types.names() == UPSTREAM + ["planar3", "iso3", "planar4", "iso4"]
 
 
 @pytest.mark.parametrize("name, bits, block", [
@@ -28,7 +28,7 @@ def test_type_ids_are_the_header_enum_values():
 
 def test_only_quantized_types_need_flash_attention_for_v():
     needs = {t.name for t in cache_types.all_types() if t.needs_flash_attn}
-    assert needs == {"q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1"}
+    assert needs == {"q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1", "planar3", "iso3", "planar4", "iso4"}
 
 
 def test_lookup_is_case_insensitive_and_idempotent():

@@ -93,5 +93,7 @@ def test_flash_attention_matches_references(k_type, v_type, n_q, n_kv, d):
     kb, vb = encode(k, k_type), encode(v, v_type)
     got = ggml_flash_attn(q, kb, vb, k_type, v_type, n_kv, n_head_kv, scale)
     exact = attention(q, decode(kb, k_type, k.shape), decode(vb, v_type, v.shape), scale)
-    assert nmse(got, exact) < 1e-5, "kernel differs from attention over the decoded cache"
+    # upstream's quantized K types score against a q8_0 copy of Q; ours use Q in f32
+    exact_tol = 1e-5 if k_type in OURS else 2e-4
+    assert nmse(got, exact) < exact_tol, "kernel differs from attention over the decoded cache"
     assert nmse(got, attention(q, k, v, scale)) < max(QUALITY_BOUND[k_type], QUALITY_BOUND[v_type])

@@ -7,6 +7,7 @@ thread-safe: use one per thread.
 """
 from __future__ import annotations
 
+import array
 import codecs
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -245,6 +246,53 @@ class Llama:
             buf = ffi.new("char[]", -n)
             n = lib.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
         return ffi.unpack(buf, n)
+
+    # -- low level: evaluate tokens, read logits, save and restore state ---------
+    def reset(self) -> None:
+        """Forget every evaluated token (clears the KV cache)."""
+        self._check_open()
+        self._generation += 1
+        lib.llama_memory_clear(lib.llama_get_memory(self._ctx), True)
+
+    def eval(self, tokens: Sequence[int]) -> None:
+        """Append ``tokens`` to the context (after those evaluated before)."""
+        self._check_open()
+        ids = self._checked_tokens(tokens)
+        self._generation += 1
+        arr = ffi.new("llama_token[]", ids)
+        for start in range(0, len(ids), self.n_batch):
+            self._decode(arr, start, min(self.n_batch, len(ids) - start))
+
+    def logits(self) -> "array.array[float]":
+        """Logits after the last evaluated token (one float per vocabulary entry)."""
+        self._check_open()
+        with Capture() as cap:
+            ptr = lib.llama_get_logits_ith(self._ctx, -1)
+        if ptr == ffi.NULL:
+            raise ValueError(f"no logits: evaluate some tokens first ({cap.reason()})")
+        out = array.array("f")
+        out.frombytes(ffi.buffer(ptr, 4 * self.n_vocab))
+        return out
+
+    def save_state(self) -> bytes:
+        """The context's whole state (KV cache in its own type, logits, RNG) as bytes."""
+        self._check_open()
+        size = lib.llama_state_get_size(self._ctx)
+        buf = ffi.new("uint8_t[]", size)
+        n = lib.llama_state_get_data(self._ctx, buf, size)
+        return ffi.unpack(ffi.cast("char *", buf), n)
+
+    def load_state(self, state: bytes) -> None:
+        """Restore a state from ``save_state`` of a context with the same model and settings."""
+        self._check_open()
+        if not isinstance(state, (bytes, bytearray, memoryview)):
+            raise TypeError(f"state must be bytes, not {type(state).__name__}")
+        self._generation += 1
+        data = bytes(state)
+        with Capture() as cap:
+            n = lib.llama_state_set_data(self._ctx, data, len(data))
+        if n == 0:
+            raise ValueError(f"state of {len(data)} bytes does not fit this context: {cap.reason() or 'rejected'}")
 
     # -- generation ----------------------------------------------------------
     def generate(self, prompt: str, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,

@@ -27,8 +27,8 @@ TOOLS = {
 # Tools that take -ctk/-ctv and -fa.
 _ATTENTION_TOOLS = {"cli", "server", "completion", "bench", "perplexity", "mtmd", "imatrix"}
 
-_K_FLAGS = ("-ctk", "--cache-type-k", "-ctkd", "--cache-type-k-draft")
-_V_FLAGS = ("-ctv", "--cache-type-v", "-ctvd", "--cache-type-v-draft")
+_K_FLAGS = ("-ctk", "--cache-type-k", "-ctkd", "--cache-type-k-draft", "--spec-draft-type-k")
+_V_FLAGS = ("-ctv", "--cache-type-v", "-ctvd", "--cache-type-v-draft", "--spec-draft-type-v")
 _FA_FLAGS = ("-fa", "--flash-attn")
 _FA_OFF = {"off", "0", "false", "disabled"}
 

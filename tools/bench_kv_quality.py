@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""KV-cache quality and CPU decode speed of every cache type, with the bundled tools.
+
+For each model: `llama-perplexity -c 512 --chunks 8` on the first 400 KB of the SOTU
+text, f16 logits saved once (--kl-divergence-base), then each K/V configuration scored
+against them (--kl-divergence): perplexity, mean KL divergence, and the KV buffer size
+that llama.cpp logged (proof that K really is stored quantized).  Our types are run
+with and without upstream's automatic Hadamard pre-rotation (LLAMA_ATTN_ROT_DISABLE=1).
+Then `llama-bench` decode speed at 4096 tokens of context.
+
+Prints a markdown table and replaces this script's section of docs/BENCHMARKS.md.
+
+    python tools/bench_kv_quality.py [--models gemma qwen] [--threads 2] [--no-speed]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import rq_assets  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs/BENCHMARKS.md"
+MODELS = {"gemma": ("Gemma-3-270M Q4_K_M (head_dim 256)", rq_assets.gemma),
+          "smollm2": ("SmolLM2-135M Q4_1 (head_dim 64)", rq_assets.smollm2),
+          "qwen": ("Qwen2.5-Coder-0.5B Q4_K_M (head_dim 64)", rq_assets.qwen25_05b)}
+CONFIGS = [("f16", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0"), ("planar3", "planar3"), ("iso3", "iso3"),
+           ("planar4", "planar4"), ("iso4", "iso4"), ("planar3", "f16"), ("iso3", "q8_0")]
+OURS = ("planar3", "iso3", "planar4", "iso4")
+
+
+def tool(name: str) -> str:
+    from rotorquant._native import BIN_DIR
+    return str(BIN_DIR / name)
+
+
+def perplexity(model: Path, text: Path, base: Path, ctk: str, ctv: str, threads: int, rot: bool, make_base=False):
+    cmd = [tool("llama-perplexity"), "-m", str(model), "-f", str(text), "-c", "512", "--chunks", "8",
+           "-t", str(threads), "-fa", "on", "-ctk", ctk, "-ctv", ctv]
+    cmd += ["--kl-divergence-base", str(base)] + ([] if make_base else ["--kl-divergence"])
+    env = dict(os.environ)
+    if not rot:
+        env["LLAMA_ATTN_ROT_DISABLE"] = "1"
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    log = out.stdout + out.stderr
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{log[-3000:]}")
+    ppl = re.search(r"Final estimate: PPL = ([\d.]+)", log) or re.search(r"Mean PPL\(Q\)\s*:\s*([\d.]+)", log)
+    kld = re.search(r"Mean\s+KLD:\s*([\d.]+)", log)
+    kv = sum(float(m) for m in re.findall(r"KV buffer size =\s*([\d.]+) MiB", log))
+    return float(ppl.group(1)), (float(kld.group(1)) if kld else 0.0), kv
+
+
+def decode_speed(model: Path, ctk: str, ctv: str, threads: int, depth: int = 4096) -> float:
+    cmd = [tool("llama-bench"), "-m", str(model), "-p", "0", "-n", "32", "-d", str(depth), "-r", "2",
+           "-t", str(threads), "-fa", "1", "-ctk", ctk, "-ctv", ctv, "-o", "csv"]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{(out.stdout + out.stderr)[-3000:]}")
+    header, row = [l for l in out.stdout.splitlines() if l.strip()][-2:]
+    cols = dict(zip([c.strip('"') for c in header.split(",")], [c.strip('"') for c in row.split(",")]))
+    return float(cols["avg_ts"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=["gemma", "qwen"], choices=list(MODELS))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--speed-model", default="qwen", choices=list(MODELS))
+    args = ap.parse_args()
+    text = rq_assets.sotu_text()
+    lines = []
+    for key in args.models:
+        title, fetch = MODELS[key]
+        model = fetch()
+        lines += [f"### {title}", "", "| K | V | attn_rot | PPL | vs f16 | mean KLD | KV MiB (n_ctx 512) |",
+                  "|---|---|---|---:|---:|---:|---:|"]
+        with tempfile.TemporaryDirectory() as tmp:
+            base = Path(tmp) / "f16.kld"
+            f16_ppl, _, f16_kv = perplexity(model, text, base, "f16", "f16", args.threads, True, make_base=True)
+            for ctk, ctv in CONFIGS:
+                for rot in ([True, False] if (ctk in OURS or ctv in OURS) else [True]):
+                    t0 = time.time()
+                    ppl, kld, kv = perplexity(model, text, base, ctk, ctv, args.threads, rot)
+                    rot_s = "—" if ctk == ctv == "f16" else ("on" if rot else "off")
+                    lines.append(f"| {ctk} | {ctv} | {rot_s} | {ppl:.2f} | {ppl / f16_ppl:.3f} | {kld:.4f} | {kv:.2f} |")
+                    print(lines[-1], f"({time.time() - t0:.0f} s)", flush=True)
+        lines.append("")
+    if not args.no_speed:
+        title, fetch = MODELS[args.speed_model]
+        model = fetch()
+        lines += [f"### CPU decode at 4096 tokens of context, {title}, {args.threads} threads", "",
+                  "| K/V | tg32 @ d4096 tok/s | vs f16 |", "|---|---:|---:|"]
+        f16 = decode_speed(model, "f16", "f16", args.threads)
+        for t in ("f16", "q8_0", "q4_0", "planar3", "iso3", "planar4", "iso4"):
+            ts = f16 if t == "f16" else decode_speed(model, t, t, args.threads)
+            lines.append(f"| {t}/{t} | {ts:.2f} | {ts / f16:.2f} |")
+            print(lines[-1], flush=True)
+        lines.append("")
+    cmd = "python tools/bench_kv_quality.py " + " ".join(sys.argv[1:])
+    section = ["<!-- bench_kv_quality:start -->", "## KV-cache quality and CPU decode speed", "",
+               f"Measured {time.strftime('%Y-%m-%d')} with `{cmd.strip()}` (llama-perplexity -c 512 --chunks 8 "
+               "-fa on on the first 400 KB of the SOTU text; KLD against f16-cache logits).", ""]
+    section += lines + ["<!-- bench_kv_quality:end -->"]
+    write_section(section)
+    print("\n".join(section))
+    return 0
+
+
+def write_section(section: list[str]) -> None:
+    text = DOC.read_text() if DOC.is_file() else "# Benchmarks\n"
+    block = "\n".join(section)
+    if "<!-- bench_kv_quality:start -->" in text:
+        text = re.sub(r"<!-- bench_kv_quality:start -->.*<!-- bench_kv_quality:end -->", lambda _: block,
+                      text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    DOC.parent.mkdir(exist_ok=True)
+    DOC.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
