@@ -114,3 +114,20 @@ def test_a_missing_supplied_sdist_is_a_clear_error(prepare, monkeypatch, tmp_pat
     use_pin(prepare, monkeypatch, tmp_path, tmp_path / "nope.tar.gz", "0" * 64)
     with pytest.raises(prepare.PrepareError, match="RQ_UPSTREAM_SDIST=.*is not a file"):
         prepare.materialise(tmp_path / "tree")
+
+
+def test_redoing_the_tree_keeps_timestamps_of_unchanged_files(prepare, monkeypatch, tmp_path):
+    """So the build recompiles only what a changed patch really changed."""
+    import os
+    files = dict(FILES, **{"p-1/vendor/llama.cpp/src/b.c": b"int b = 1;\n"})
+    sdist = tmp_path / "p-1.tar.gz"
+    use_pin(prepare, monkeypatch, tmp_path, sdist, make_sdist(sdist, files))
+    (prepare.PATCH_DIR / "0001-two.patch").write_text(GOOD_PATCH)
+    tree = prepare.materialise(tmp_path / "tree")
+    os.utime(tree / "src/b.c", ns=(1, 1_000_000_000))
+    os.utime(tree / "src/a.c", ns=(1, 1_000_000_000))
+    (prepare.PATCH_DIR / "0002-b.patch").write_text(GOOD_PATCH.replace("a.c", "b.c").replace("a =", "b ="))
+    prepare.materialise(tree)
+    assert (tree / "src/b.c").read_text() == "int b = 2;\n"
+    assert (tree / "src/b.c").stat().st_mtime_ns != 1_000_000_000  # changed: new time
+    assert (tree / "src/a.c").stat().st_mtime_ns == 1_000_000_000  # same bytes: old time

@@ -79,6 +79,30 @@ def test_bench_accepts_rotor_types(rq_run, tiny_model, t):
     assert t in proc.stdout
 
 
+# --- upstream's Hadamard pre-rotation of K: kept, except for models with a K bias ----------
+
+def attn_rot_lines(model, caplog, **kw):
+    import logging
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rotorquant.llama"):
+        Llama(model, n_ctx=64, **kw).close()
+    return [r.getMessage() for r in caplog.records if "attn_rot_k" in r.getMessage()]
+
+
+def test_hadamard_stays_on_for_rotor_k_by_default(tiny_model, caplog):
+    assert any("attn_rot_k = 1" in m for m in attn_rot_lines(tiny_model, caplog, cache_type_k="iso3"))
+
+
+def test_hadamard_is_off_for_rotor_k_when_the_model_has_a_k_bias(tmp_path, caplog, monkeypatch):
+    biased = write_tiny_llama(tmp_path / "kbias.gguf", k_bias=2.0)
+    lines = attn_rot_lines(biased, caplog, cache_type_k="iso3")
+    assert any("attn_rot_k off for iso3 K: the model has a K bias" in m for m in lines)
+    # upstream's own types keep upstream's rule
+    assert any("attn_rot_k = 1" in m for m in attn_rot_lines(biased, caplog, cache_type_k="q4_0"))
+    monkeypatch.setenv("RQ_ATTN_ROT_K", "1")
+    assert any("attn_rot_k = 1" in m for m in attn_rot_lines(biased, caplog, cache_type_k="iso3"))
+
+
 # --- rotor types never hold weights -----------------------------------------------------
 
 def gguf_with_tensor_type(src, dst, tensor: str, ggml_type: int):

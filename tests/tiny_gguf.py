@@ -27,8 +27,11 @@ def vocab() -> tuple[list[str], list[float], list[int]]:
 
 
 def write_tiny_llama(path: Path, seed: int = 0, n_ctx_train: int = 512,
-                     n_embd: int = 128, n_head: int = 2, n_head_kv: int = 1) -> Path:
-    """Default shape: 2 layers, head_dim 64, grouped-query attention (2 q heads, 1 kv head)."""
+                     n_embd: int = 128, n_head: int = 2, n_head_kv: int = 1, k_bias: float = 0.0) -> Path:
+    """Default shape: 2 layers, head_dim 64, grouped-query attention (2 q heads, 1 kv head).
+
+    ``k_bias`` != 0 adds a K projection bias (per-channel offsets of that size, as Qwen2 has).
+    """
     import gguf
 
     rng = np.random.default_rng(seed)
@@ -69,6 +72,8 @@ def write_tiny_llama(path: Path, seed: int = 0, n_ctx_train: int = 512,
         w.add_tensor(p + "attn_q.weight", rnd(n_embd, n_embd))
         w.add_tensor(p + "attn_k.weight", rnd(kv, n_embd))
         w.add_tensor(p + "attn_v.weight", rnd(kv, n_embd))
+        if k_bias:
+            w.add_tensor(p + "attn_k.bias", (k_bias * rng.standard_normal(kv)).astype(np.float32))
         w.add_tensor(p + "attn_output.weight", rnd(n_embd, n_embd))
         w.add_tensor(p + "ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
         w.add_tensor(p + "ffn_gate.weight", rnd(N_FF, n_embd))

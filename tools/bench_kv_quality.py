@@ -3,9 +3,10 @@
 
 For each model: `llama-perplexity -c 512 --chunks 8` on the first 400 KB of the SOTU
 text, f16 logits saved once (--kl-divergence-base), then each K/V configuration scored
-against them (--kl-divergence): perplexity, mean KL divergence, and the KV buffer size
-that llama.cpp logged (proof that K really is stored quantized).  Our types are run
-with and without upstream's automatic Hadamard pre-rotation (LLAMA_ATTN_ROT_DISABLE=1).
+against them (--kl-divergence): perplexity, mean KL divergence, and the K and V sizes
+that llama.cpp logged (proof that K really is stored quantized).  With our K types the
+Hadamard pre-rotation of K is run both ways (RQ_ATTN_ROT_K=1 / =0); the row marked
+"default" is what the per-model rule (patch 0004) picks.
 Then `llama-bench` decode speed at 4096 tokens of context.
 
 Prints a markdown table and replaces this script's section of docs/BENCHMARKS.md.
@@ -43,19 +44,42 @@ def tool(name: str) -> str:
 
 def perplexity(model: Path, text: Path, base: Path, ctk: str, ctv: str, threads: int, rot: bool, make_base=False):
     cmd = [tool("llama-perplexity"), "-m", str(model), "-f", str(text), "-c", "512", "--chunks", "8",
-           "-t", str(threads), "-fa", "on", "-ctk", ctk, "-ctv", ctv]
+           "-t", str(threads), "-fa", "on", "-ctk", ctk, "-ctv", ctv, "-lv", "4"]
     cmd += ["--kl-divergence-base", str(base)] + ([] if make_base else ["--kl-divergence"])
     env = dict(os.environ)
-    if not rot:
-        env["LLAMA_ATTN_ROT_DISABLE"] = "1"
+    if rot is not None:
+        env["RQ_ATTN_ROT_K"] = "1" if rot else "0"
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     log = out.stdout + out.stderr
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{log[-3000:]}")
     ppl = re.search(r"Final estimate: PPL = ([\d.]+)", log) or re.search(r"Mean PPL\(Q\)\s*:\s*([\d.]+)", log)
     kld = re.search(r"Mean\s+KLD:\s*([\d.]+)", log)
-    kv = sum(float(m) for m in re.findall(r"KV buffer size =\s*([\d.]+) MiB", log))
-    return float(ppl.group(1)), (float(kld.group(1)) if kld else 0.0), kv
+    # llama_kv_cache: size = ... K (type): X MiB, V (type): Y MiB -- one line per cache (iSWA: two)
+    sizes = re.findall(r"K \((\w+)\):\s*([\d.]+) MiB, V \((\w+)\):\s*([\d.]+) MiB", log)
+    if not sizes or any(k != ctk or v != ctv for k, _, v, _ in sizes):
+        raise RuntimeError(f"the KV cache was not allocated as K {ctk} / V {ctv}: {sizes}")
+    kv = (sum(float(s[1]) for s in sizes), sum(float(s[3]) for s in sizes))
+    rot_k = re.search(r"attn_rot_k = (\d)", log)
+    return float(ppl.group(1)), (float(kld.group(1)) if kld else 0.0), kv, bool(rot_k and rot_k.group(1) == "1")
+
+
+def default_hadamard_k(model: Path) -> bool:
+    """Whether the per-model rule keeps the Hadamard on rotor K for this model."""
+    import logging
+    from rotorquant import Llama
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    log = logging.getLogger("rotorquant.llama")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        Llama(model, n_ctx=256, cache_type_k="iso3").close()
+    finally:
+        log.removeHandler(handler)
+    return any("attn_rot_k = 1" in line for line in seen)
 
 
 def decode_speed(model: Path, ctk: str, ctv: str, threads: int, depth: int = 4096) -> float:
@@ -81,17 +105,24 @@ def main() -> int:
     for key in args.models:
         title, fetch = MODELS[key]
         model = fetch()
-        lines += [f"### {title}", "", "| K | V | attn_rot | PPL | vs f16 | mean KLD | KV MiB (n_ctx 512) |",
-                  "|---|---|---|---:|---:|---:|---:|"]
+        lines += [f"### {title}", "", "| K | V | Hadamard on K | PPL | vs f16 | mean KLD | K MiB | V MiB |",
+                  "|---|---|---|---:|---:|---:|---:|---:|"]
         with tempfile.TemporaryDirectory() as tmp:
             base = Path(tmp) / "f16.kld"
-            f16_ppl, _, f16_kv = perplexity(model, text, base, "f16", "f16", args.threads, True, make_base=True)
+            f16_ppl, _, _ = perplexity(model, text, base, "f16", "f16", args.threads, None, make_base=True)
+            default_rot = None  # per-model default, found on first use
             for ctk, ctv in CONFIGS:
-                for rot in ([True, False] if (ctk in OURS or ctv in OURS) else [True]):
+                for rot in ([True, False] if ctk in OURS else [None]):
                     t0 = time.time()
-                    ppl, kld, kv = perplexity(model, text, base, ctk, ctv, args.threads, rot)
-                    rot_s = "—" if ctk == ctv == "f16" else ("on" if rot else "off")
-                    lines.append(f"| {ctk} | {ctv} | {rot_s} | {ppl:.2f} | {ppl / f16_ppl:.3f} | {kld:.4f} | {kv:.2f} |")
+                    ppl, kld, kv, rot_log = perplexity(model, text, base, ctk, ctv, args.threads, rot)
+                    if rot is None:
+                        rot_s = "—" if ctk == "f16" else "upstream rule"
+                    else:
+                        if default_rot is None:
+                            default_rot = default_hadamard_k(model)
+                        rot_s = ("on" if rot else "off") + (" (default)" if rot == default_rot else "")
+                    lines.append(f"| {ctk} | {ctv} | {rot_s} | {ppl:.2f} | {ppl / f16_ppl:.3f} | {kld:.4f} "
+                                 f"| {kv[0]:.3f} | {kv[1]:.3f} |")
                     print(lines[-1], f"({time.time() - t0:.0f} s)", flush=True)
         lines.append("")
     if not args.no_speed:

@@ -16,14 +16,6 @@ static inline float rq_half(uint16_t h) {
 #endif
 }
 
-static inline int rq3_index(const block_rq3 * b, int j) {
-    return ((b->qs[j/4] >> (2*(j % 4))) & 3) | (((b->signs[j/8] >> (j % 8)) & 1) << 2);
-}
-
-static inline int rq4_index(const block_rq4 * b, int j) {
-    return (b->qs[j/2] >> (4*(j % 2))) & 15;
-}
-
 // ---- scalar references -----------------------------------------------------------
 
 void rq_vec_dot_rq3_ref(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
@@ -88,24 +80,43 @@ static inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-// levels of elements 8g..8g+7 of a 3-bit block
-static inline __m256 rq3_levels8(const block_rq3 * b, int g, __m256 lut) {
-    const __m256i shift2 = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
-    const __m256i shift1 = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const int q = b->qs[2*g] | (b->qs[2*g + 1] << 8);
-    const __m256i lo = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(q), shift2), _mm256_set1_epi32(3));
-    const __m256i hi = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(b->signs[g]), shift1), _mm256_set1_epi32(1));
-    return _mm256_permutevar8x32_ps(lut, _mm256_or_si256(lo, _mm256_slli_epi32(hi, 2)));
+// Levels of a whole block, 8 per register, in element order.  The packing (rq-quants.h)
+// makes each step a shift/mask of all packed bytes at once; the level lookup is one
+// (3-bit) or two (4-bit) in-register permutes of 8 indices widened to 32 bits.
+
+static inline void rq3_levels_block(const block_rq3 * b, __m256 lut, __m256 out[RQ_QK / 8]) {
+    const __m128i q = _mm_loadu_si128((const __m128i *) b->qs);
+    const __m128i s = _mm_loadl_epi64((const __m128i *) b->signs);
+    const __m128i srep = _mm_unpacklo_epi64(s, s);  // lane c holds signs[c % 8]
+    const __m128i three = _mm_set1_epi8(3), four = _mm_set1_epi8(4);
+    for (int f = 0; f < 4; ++f) {  // elements 16 f .. 16 f + 15
+        const __m128i lo = _mm_and_si128(_mm_srl_epi16(q, _mm_cvtsi32_si128(2*f)), three);
+        const __m128i m = _mm_unpacklo_epi64(_mm_set1_epi8((char) (1 << (2*f))), _mm_set1_epi8((char) (1 << (2*f + 1))));
+        const __m128i hi = _mm_and_si128(_mm_cmpeq_epi8(_mm_and_si128(srep, m), m), four);
+        const __m128i idx = _mm_or_si128(lo, hi);
+        out[2*f]     = _mm256_permutevar8x32_ps(lut, _mm256_cvtepu8_epi32(idx));
+        out[2*f + 1] = _mm256_permutevar8x32_ps(lut, _mm256_cvtepu8_epi32(_mm_srli_si128(idx, 8)));
+    }
 }
 
-static inline __m256 rq4_levels8(const block_rq4 * b, int g, __m256 lut_lo, __m256 lut_hi) {
-    const __m256i shift4 = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-    uint32_t q;
-    memcpy(&q, b->qs + 4*g, sizeof(q));
-    const __m256i idx = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int) q), shift4), _mm256_set1_epi32(15));
-    const __m256 lo = _mm256_permutevar8x32_ps(lut_lo, idx);
-    const __m256 hi = _mm256_permutevar8x32_ps(lut_hi, idx);
-    return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(7))));
+static inline __m256 rq4_lookup8(__m128i idx8, __m256 lut_lo, __m256 lut_hi) {
+    const __m256i i = _mm256_cvtepu8_epi32(idx8);
+    const __m256 lo = _mm256_permutevar8x32_ps(lut_lo, i);
+    const __m256 hi = _mm256_permutevar8x32_ps(lut_hi, i);
+    return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_cmpgt_epi32(i, _mm256_set1_epi32(7))));
+}
+
+static inline void rq4_levels_block(const block_rq4 * b, __m256 lut_lo, __m256 lut_hi, __m256 out[RQ_QK / 8]) {
+    const __m256i q = _mm256_loadu_si256((const __m256i *) b->qs);
+    const __m256i mask = _mm256_set1_epi8(15);
+    const __m256i lo = _mm256_and_si256(q, mask);                         // elements 0..31
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), mask);   // elements 32..63
+    const __m128i parts[4] = { _mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1),
+                               _mm256_castsi256_si128(hi), _mm256_extracti128_si256(hi, 1) };
+    for (int p = 0; p < 4; ++p) {
+        out[2*p]     = rq4_lookup8(parts[p], lut_lo, lut_hi);
+        out[2*p + 1] = rq4_lookup8(_mm_srli_si128(parts[p], 8), lut_lo, lut_hi);
+    }
 }
 
 void rq_vec_dot_rq3(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
@@ -114,12 +125,16 @@ void rq_vec_dot_rq3(int n, float * s, size_t bs, const void * vx, size_t bx, con
     const float * y = vy;
     const __m256 lut = _mm256_loadu_ps(rq_levels3);
     __m256 total = _mm256_setzero_ps();
+    __m256 lv[RQ_QK / 8];
     for (int b = 0; b < n / RQ_QK; ++b) {
-        __m256 acc = _mm256_setzero_ps();
-        for (int g = 0; g < RQ_QK / 8; ++g) {
-            acc = _mm256_fmadd_ps(rq3_levels8(&x[b], g, lut), _mm256_loadu_ps(y + b*RQ_QK + 8*g), acc);
+        rq3_levels_block(&x[b], lut, lv);
+        __m256 acc0 = _mm256_mul_ps(lv[0], _mm256_loadu_ps(y + b*RQ_QK));
+        __m256 acc1 = _mm256_mul_ps(lv[1], _mm256_loadu_ps(y + b*RQ_QK + 8));
+        for (int g = 2; g < RQ_QK / 8; g += 2) {
+            acc0 = _mm256_fmadd_ps(lv[g],     _mm256_loadu_ps(y + b*RQ_QK + 8*g),     acc0);
+            acc1 = _mm256_fmadd_ps(lv[g + 1], _mm256_loadu_ps(y + b*RQ_QK + 8*g + 8), acc1);
         }
-        total = _mm256_fmadd_ps(acc, _mm256_set1_ps(rq_half(x[b].norm)), total);
+        total = _mm256_fmadd_ps(_mm256_add_ps(acc0, acc1), _mm256_set1_ps(rq_half(x[b].norm)), total);
     }
     *s = hsum8(total);
 }
@@ -130,12 +145,16 @@ void rq_vec_dot_rq4(int n, float * s, size_t bs, const void * vx, size_t bx, con
     const float * y = vy;
     const __m256 lut_lo = _mm256_loadu_ps(rq_levels4), lut_hi = _mm256_loadu_ps(rq_levels4 + 8);
     __m256 total = _mm256_setzero_ps();
+    __m256 lv[RQ_QK / 8];
     for (int b = 0; b < n / RQ_QK; ++b) {
-        __m256 acc = _mm256_setzero_ps();
-        for (int g = 0; g < RQ_QK / 8; ++g) {
-            acc = _mm256_fmadd_ps(rq4_levels8(&x[b], g, lut_lo, lut_hi), _mm256_loadu_ps(y + b*RQ_QK + 8*g), acc);
+        rq4_levels_block(&x[b], lut_lo, lut_hi, lv);
+        __m256 acc0 = _mm256_mul_ps(lv[0], _mm256_loadu_ps(y + b*RQ_QK));
+        __m256 acc1 = _mm256_mul_ps(lv[1], _mm256_loadu_ps(y + b*RQ_QK + 8));
+        for (int g = 2; g < RQ_QK / 8; g += 2) {
+            acc0 = _mm256_fmadd_ps(lv[g],     _mm256_loadu_ps(y + b*RQ_QK + 8*g),     acc0);
+            acc1 = _mm256_fmadd_ps(lv[g + 1], _mm256_loadu_ps(y + b*RQ_QK + 8*g + 8), acc1);
         }
-        total = _mm256_fmadd_ps(acc, _mm256_set1_ps(rq_half(x[b].norm)), total);
+        total = _mm256_fmadd_ps(_mm256_add_ps(acc0, acc1), _mm256_set1_ps(rq_half(x[b].norm)), total);
     }
     *s = hsum8(total);
 }
@@ -143,11 +162,13 @@ void rq_vec_dot_rq4(int n, float * s, size_t bs, const void * vx, size_t bx, con
 void rq_vec_mad_rq3(int n, float * acc, const void * vv, float scale) {
     const block_rq3 * v = vv;
     const __m256 lut = _mm256_loadu_ps(rq_levels3);
+    __m256 lv[RQ_QK / 8];
     for (int b = 0; b < n / RQ_QK; ++b) {
         const __m256 vs = _mm256_set1_ps(scale * rq_half(v[b].norm));
+        rq3_levels_block(&v[b], lut, lv);
         for (int g = 0; g < RQ_QK / 8; ++g) {
             float * a = acc + b*RQ_QK + 8*g;
-            _mm256_storeu_ps(a, _mm256_fmadd_ps(rq3_levels8(&v[b], g, lut), vs, _mm256_loadu_ps(a)));
+            _mm256_storeu_ps(a, _mm256_fmadd_ps(lv[g], vs, _mm256_loadu_ps(a)));
         }
     }
 }
@@ -155,11 +176,13 @@ void rq_vec_mad_rq3(int n, float * acc, const void * vv, float scale) {
 void rq_vec_mad_rq4(int n, float * acc, const void * vv, float scale) {
     const block_rq4 * v = vv;
     const __m256 lut_lo = _mm256_loadu_ps(rq_levels4), lut_hi = _mm256_loadu_ps(rq_levels4 + 8);
+    __m256 lv[RQ_QK / 8];
     for (int b = 0; b < n / RQ_QK; ++b) {
         const __m256 vs = _mm256_set1_ps(scale * rq_half(v[b].norm));
+        rq4_levels_block(&v[b], lut_lo, lut_hi, lv);
         for (int g = 0; g < RQ_QK / 8; ++g) {
             float * a = acc + b*RQ_QK + 8*g;
-            _mm256_storeu_ps(a, _mm256_fmadd_ps(rq4_levels8(&v[b], g, lut_lo, lut_hi), vs, _mm256_loadu_ps(a)));
+            _mm256_storeu_ps(a, _mm256_fmadd_ps(lv[g], vs, _mm256_loadu_ps(a)));
         }
     }
 }

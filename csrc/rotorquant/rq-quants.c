@@ -137,8 +137,9 @@ static void quantize_row_3(const float * x, block_rq3 * y, int64_t k, rotate_d_f
         memset(y[b].qs, 0, sizeof(y[b].qs));
         memset(y[b].signs, 0, sizeof(y[b].signs));
         for (int j = 0; j < RQ_QK; ++j) {
-            y[b].qs[j/4]    |= (uint8_t) ((idx[j] & 3) << (2*(j % 4)));
-            y[b].signs[j/8] |= (uint8_t) ((idx[j] >> 2) << (j % 8));
+            const int f = j / 16, c = j % 16;
+            y[b].qs[c]        |= (uint8_t) ((idx[j] & 3) << (2*f));
+            y[b].signs[c % 8] |= (uint8_t) ((idx[j] >> 2) << (2*f + c / 8));
         }
     }
 }
@@ -149,8 +150,8 @@ static void quantize_row_4(const float * x, block_rq4 * y, int64_t k, rotate_d_f
     for (int64_t b = 0; b < k / RQ_QK; ++b) {
         const ggml_fp16_t s = encode_block(x + b*RQ_QK, rotate, rq_bounds4, 15, rq_levels4, idx);
         memcpy(&y[b].norm, &s, sizeof(s));
-        for (int j = 0; j < RQ_QK; j += 2) {
-            y[b].qs[j/2] = (uint8_t) (idx[j] | (idx[j + 1] << 4));
+        for (int j = 0; j < RQ_QK / 2; ++j) {
+            y[b].qs[j] = (uint8_t) (idx[j] | (idx[j + RQ_QK/2] << 4));
         }
     }
 }
@@ -168,8 +169,7 @@ static void dequantize_row_3(const block_rq3 * x, float * y, int64_t k, unrotate
     float w[RQ_QK];
     for (int64_t b = 0; b < k / RQ_QK; ++b) {
         for (int j = 0; j < RQ_QK; ++j) {
-            const int idx = ((x[b].qs[j/4] >> (2*(j % 4))) & 3) | (((x[b].signs[j/8] >> (j % 8)) & 1) << 2);
-            w[j] = rq_levels3[idx];
+            w[j] = rq_levels3[rq3_index(&x[b], j)];
         }
         unrotate(w, y + b*RQ_QK, ggml_fp16_to_fp32(x[b].norm));
     }
@@ -179,7 +179,7 @@ static void dequantize_row_4(const block_rq4 * x, float * y, int64_t k, unrotate
     float w[RQ_QK];
     for (int64_t b = 0; b < k / RQ_QK; ++b) {
         for (int j = 0; j < RQ_QK; ++j) {
-            w[j] = rq_levels4[(x[b].qs[j/2] >> (4*(j % 2))) & 15];
+            w[j] = rq_levels4[rq4_index(&x[b], j)];
         }
         unrotate(w, y + b*RQ_QK, ggml_fp16_to_fp32(x[b].norm));
     }

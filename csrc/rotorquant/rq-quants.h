@@ -23,15 +23,20 @@
 extern "C" {
 #endif
 
+// Index packing is chosen for SIMD decoding: a few shifts and masks of the packed bytes
+// yield the indices of consecutive elements, in order (see rq-cpu.c).
+//   3-bit, element j = 16 f + b (f = 0..3, b = 0..15):
+//     bits 0-1 in qs[b] at bit 2 f;  bit 2 in signs[b % 8] at bit 2 f + b / 8
+//   4-bit, element j: qs[j % 32], low nibble for j < 32, high nibble for j >= 32
 typedef struct {
     uint16_t norm;               // s, IEEE half
-    uint8_t  qs[RQ_QK / 4];      // bits 0-1 of each index, 4 per byte, element 0 lowest
-    uint8_t  signs[RQ_QK / 8];   // bit 2 of each index (set <=> the level is positive)
+    uint8_t  qs[RQ_QK / 4];      // bits 0-1 of the indices
+    uint8_t  signs[RQ_QK / 8];   // bit 2 of the indices (set <=> the level is positive)
 } block_rq3;
 
 typedef struct {
     uint16_t norm;               // s, IEEE half
-    uint8_t  qs[RQ_QK / 2];      // 4-bit indices, even element in the low nibble
+    uint8_t  qs[RQ_QK / 2];      // 4-bit indices
 } block_rq4;
 
 #ifdef __cplusplus
@@ -41,6 +46,16 @@ static_assert(sizeof(block_rq4) == 2 + RQ_QK / 2, "block_rq4 must be packed");
 _Static_assert(sizeof(block_rq3) == 2 + RQ_QK / 4 + RQ_QK / 8, "block_rq3 must be packed");
 _Static_assert(sizeof(block_rq4) == 2 + RQ_QK / 2, "block_rq4 must be packed");
 #endif
+
+// Codebook index of element j of a block (scalar; the SIMD kernels decode 8-32 at once).
+static inline int rq3_index(const block_rq3 * b, int j) {
+    const int f = j / 16, c = j % 16;
+    return ((b->qs[c] >> (2*f)) & 3) | (((b->signs[c % 8] >> (2*f + c / 8)) & 1) << 2);
+}
+
+static inline int rq4_index(const block_rq4 * b, int j) {
+    return (b->qs[j % (RQ_QK/2)] >> (4*(j / (RQ_QK/2)))) & 15;
+}
 
 // true for planar3, iso3, planar4, iso4
 GGML_API bool rq_is_cache_type(enum ggml_type type);

@@ -208,6 +208,25 @@ def apply_patches(tree: Path) -> list[str]:
     return applied
 
 
+def keep_unchanged_mtimes(old: Path, new: Path) -> None:
+    """Give files whose bytes did not change their old timestamps.
+
+    A patched file is rewritten, so its mtime is "now"; every other file keeps the
+    sdist's.  Without this, changing one patch that touches a header would make the
+    build system recompile everything that includes it even when redoing the tree
+    left the header's bytes as they were.
+    """
+    for path in new.rglob("*"):
+        before = old / path.relative_to(new)
+        try:
+            if (path.is_file() and before.is_file() and path.stat().st_size == before.stat().st_size
+                    and path.read_bytes() == before.read_bytes()):
+                st = before.stat()
+                os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        except OSError:
+            continue
+
+
 @contextlib.contextmanager
 def locked(dest: Path):
     """Serialise concurrent builds that share one destination."""
@@ -237,6 +256,7 @@ def materialise(dest: Path, force: bool = False) -> Path:
             apply_patches(tmp)
             (tmp / STAMP_NAME).write_text(json.dumps(want, indent=2) + "\n")
             if dest.exists():
+                keep_unchanged_mtimes(dest, tmp)
                 shutil.rmtree(dest)
             tmp.rename(dest)
         except BaseException:

@@ -8,8 +8,9 @@ specification of the formats:
     block of QK = 64 values x:  n = |x|;  y = R x / n;  k_j = #{bounds < y_j};
     s = half(n / |levels[k]|);  decode: s * R^T levels[k]
 
-3-bit block (26 bytes): half s | qs[16]: 2 low index bits, 4 per byte | signs[8]: bit 2.
-4-bit block (34 bytes): half s | qs[32]: one index per nibble, even element low.
+3-bit block (26 bytes): half s | qs[16] | signs[8].  Element j = 16 f + c: index bits
+    0-1 in qs[c] at bit 2 f, bit 2 in signs[c % 8] at bit 2 f + c // 8.
+4-bit block (34 bytes): half s | qs[32]: element j in qs[j % 32], low nibble if j < 32.
 """
 from __future__ import annotations
 
@@ -98,12 +99,14 @@ def quantize(x: np.ndarray, kind: str) -> bytes:
         out += s[b].tobytes()
         k = idx[b].astype(np.uint32)
         if kind.endswith("3"):
-            qs = (k & 3).reshape(-1, 4) << np.array([0, 2, 4, 6], np.uint32)
-            signs = (k >> 2).reshape(-1, 8) << np.arange(8, dtype=np.uint32)
-            out += qs.sum(-1).astype(np.uint8).tobytes() + signs.sum(-1).astype(np.uint8).tobytes()
+            fields = k.reshape(4, 16)  # [f, c] = element 16 f + c
+            qs = ((fields & 3) << (2 * np.arange(4, dtype=np.uint32))[:, None]).sum(0)
+            hi = (fields >> 2).reshape(4, 2, 8)  # [f, c // 8, c % 8]
+            shift = 2 * np.arange(4, dtype=np.uint32)[:, None, None] + np.arange(2, dtype=np.uint32)[None, :, None]
+            signs = (hi << shift).sum((0, 1))
+            out += qs.astype(np.uint8).tobytes() + signs.astype(np.uint8).tobytes()
         else:
-            pairs = k.reshape(-1, 2)
-            out += (pairs[:, 0] | (pairs[:, 1] << 4)).astype(np.uint8).tobytes()
+            out += (k[:QK // 2] | (k[QK // 2:] << 4)).astype(np.uint8).tobytes()
     return bytes(out)
 
 
@@ -114,12 +117,14 @@ def indices(data: bytes, kind: str) -> tuple[np.ndarray, np.ndarray]:
     s = raw[:, :2].copy().view(np.float16).astype(np.float32)[:, 0]
     if kind.endswith("3"):
         qs, signs = raw[:, 2:2 + QK // 4], raw[:, 2 + QK // 4:]
-        lo = (qs[:, :, None] >> np.array([0, 2, 4, 6], np.uint8)) & 3
-        hi = (signs[:, :, None] >> np.arange(8, dtype=np.uint8)) & 1
-        idx = lo.reshape(nb, QK) | (hi.reshape(nb, QK) << 2)
+        f = np.arange(4, dtype=np.uint8)[:, None]
+        lo = (qs[:, None, :] >> (2 * f)) & 3                                  # [block, f, c]
+        sign_bit = 2 * f + (np.arange(16, dtype=np.uint8) // 8)[None, :]      # [f, c]
+        hi = (signs[:, np.arange(16) % 8][:, None, :] >> sign_bit) & 1
+        idx = (lo | (hi << 2)).reshape(nb, QK)
     else:
         qs = raw[:, 2:]
-        idx = np.stack([qs & 15, qs >> 4], axis=-1).reshape(nb, QK)
+        idx = np.concatenate([qs & 15, qs >> 4], axis=1)
     return s, idx
 
 
