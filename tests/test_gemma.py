@@ -32,4 +32,4 @@ def test_demo_reports_speed_and_kv_bytes(gemma_model, rq_run):
     proc = run([rq_run, "demo", "-n", "8"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "tok/s" in proc.stdout
-    assert "with q8_0/q8_0 vs" in proc.stdout
+    assert "with iso4/iso4 vs" in proc.stdout

@@ -98,18 +98,20 @@ def main() -> int:
     ap.add_argument("--models", nargs="+", default=["gemma", "qwen"], choices=list(MODELS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-speed", action="store_true")
+    ap.add_argument("--no-quality", action="store_true")
     ap.add_argument("--speed-model", default="qwen", choices=list(MODELS))
     args = ap.parse_args()
     text = rq_assets.sotu_text()
+    cmd = "python tools/bench_kv_quality.py " + " ".join(sys.argv[1:])
     lines = []
-    for key in args.models:
+    for key in ([] if args.no_quality else args.models):
         title, fetch = MODELS[key]
         model = fetch()
         lines += [f"### {title}", "", "| K | V | Hadamard on K | PPL | vs f16 | mean KLD | K MiB | V MiB |",
                   "|---|---|---|---:|---:|---:|---:|---:|"]
         with tempfile.TemporaryDirectory() as tmp:
             base = Path(tmp) / "f16.kld"
-            f16_ppl, _, _ = perplexity(model, text, base, "f16", "f16", args.threads, None, make_base=True)
+            f16_ppl, _, _, _ = perplexity(model, text, base, "f16", "f16", args.threads, None, make_base=True)
             default_rot = None  # per-model default, found on first use
             for ctk, ctv in CONFIGS:
                 for rot in ([True, False] if ctk in OURS else [None]):
@@ -125,37 +127,39 @@ def main() -> int:
                                  f"| {kv[0]:.3f} | {kv[1]:.3f} |")
                     print(lines[-1], f"({time.time() - t0:.0f} s)", flush=True)
         lines.append("")
+    if lines:
+        write_section("quality", [
+            "## KV-cache quality", "",
+            f"Measured {time.strftime('%Y-%m-%d')} with `{cmd.strip()}`: llama-perplexity -c 512 --chunks 8 "
+            "-fa on on the first 400 KB of the SOTU text; KLD against the f16-cache logits; K/V MiB "
+            "as llama.cpp logged them for the 512-token context.", ""] + lines)
     if not args.no_speed:
         title, fetch = MODELS[args.speed_model]
         model = fetch()
-        lines += [f"### CPU decode at 4096 tokens of context, {title}, {args.threads} threads", "",
-                  "| K/V | tg32 @ d4096 tok/s | vs f16 |", "|---|---:|---:|"]
+        speed = [f"CPU decode at 4096 tokens of context, {title}, {args.threads} threads: "
+                 f"`llama-bench -p 0 -n 32 -d 4096 -fa 1`, measured {time.strftime('%Y-%m-%d')} with "
+                 f"`{cmd.strip()}`.", "", "| K/V | tg32 @ d4096 tok/s | vs f16 |", "|---|---:|---:|"]
         f16 = decode_speed(model, "f16", "f16", args.threads)
         for t in ("f16", "q8_0", "q4_0", "planar3", "iso3", "planar4", "iso4"):
             ts = f16 if t == "f16" else decode_speed(model, t, t, args.threads)
-            lines.append(f"| {t}/{t} | {ts:.2f} | {ts / f16:.2f} |")
-            print(lines[-1], flush=True)
-        lines.append("")
-    cmd = "python tools/bench_kv_quality.py " + " ".join(sys.argv[1:])
-    section = ["<!-- bench_kv_quality:start -->", "## KV-cache quality and CPU decode speed", "",
-               f"Measured {time.strftime('%Y-%m-%d')} with `{cmd.strip()}` (llama-perplexity -c 512 --chunks 8 "
-               "-fa on on the first 400 KB of the SOTU text; KLD against f16-cache logits).", ""]
-    section += lines + ["<!-- bench_kv_quality:end -->"]
-    write_section(section)
-    print("\n".join(section))
+            speed.append(f"| {t}/{t} | {ts:.2f} | {ts / f16:.2f} |")
+            print(speed[-1], flush=True)
+        write_section("speed", ["## CPU decode speed", ""] + speed)
     return 0
 
 
-def write_section(section: list[str]) -> None:
+def write_section(name: str, body: list[str]) -> None:
+    """Replace (or append) this script's `name` section of docs/BENCHMARKS.md."""
+    start, end = f"<!-- bench_kv_quality:{name}:start -->", f"<!-- bench_kv_quality:{name}:end -->"
+    block = "\n".join([start, *body, "", end])
     text = DOC.read_text() if DOC.is_file() else "# Benchmarks\n"
-    block = "\n".join(section)
-    if "<!-- bench_kv_quality:start -->" in text:
-        text = re.sub(r"<!-- bench_kv_quality:start -->.*<!-- bench_kv_quality:end -->", lambda _: block,
-                      text, flags=re.S)
+    if start in text:
+        text = re.sub(re.escape(start) + r".*" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text(text)
+    print(block)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 // CPU kernels of the RotorQuant KV-cache types (see rq-cpu.h).
 #include "rq-cpu.h"
 
+#include <math.h>
 #include <string.h>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -215,5 +216,194 @@ void rq_unrotate_acc(enum ggml_type type, float * acc, int64_t n) {
         rq_unrotate_row_planar(acc, acc, n);
     } else if (rq_rotated_type(type) == GGML_TYPE_ISO_F32) {
         rq_unrotate_row_iso(acc, acc, n);
+    }
+}
+
+// ---- flash-attention decode, query heads grouped by KV head --------------------------
+
+#define RQ_FA_MAX_GROUP 16   // query heads per KV head handled in one pass
+#define RQ_FA_MAX_D     576  // largest head size
+
+// s_b * levels[k] for one row of a cache type: the row in the rotated basis.
+static void rq_decode_rotated(enum ggml_type type, const void * x, float * y, int64_t n) {
+    if (type == GGML_TYPE_PLANAR3 || type == GGML_TYPE_ISO3) {
+        const block_rq3 * b = x;
+        for (int64_t i = 0; i < n / RQ_QK; ++i) {
+#if defined(RQ_AVX2)
+            __m256 lv[RQ_QK / 8];
+            rq3_levels_block(&b[i], _mm256_loadu_ps(rq_levels3), lv);
+            const __m256 sv = _mm256_set1_ps(rq_half(b[i].norm));
+            for (int g = 0; g < RQ_QK / 8; ++g) {
+                _mm256_storeu_ps(y + i*RQ_QK + 8*g, _mm256_mul_ps(lv[g], sv));
+            }
+#else
+            const float sv = rq_half(b[i].norm);
+            for (int j = 0; j < RQ_QK; ++j) {
+                y[i*RQ_QK + j] = sv * rq_levels3[rq3_index(&b[i], j)];
+            }
+#endif
+        }
+    } else {
+        const block_rq4 * b = x;
+        for (int64_t i = 0; i < n / RQ_QK; ++i) {
+#if defined(RQ_AVX2)
+            __m256 lv[RQ_QK / 8];
+            rq4_levels_block(&b[i], _mm256_loadu_ps(rq_levels4), _mm256_loadu_ps(rq_levels4 + 8), lv);
+            const __m256 sv = _mm256_set1_ps(rq_half(b[i].norm));
+            for (int g = 0; g < RQ_QK / 8; ++g) {
+                _mm256_storeu_ps(y + i*RQ_QK + 8*g, _mm256_mul_ps(lv[g], sv));
+            }
+#else
+            const float sv = rq_half(b[i].norm);
+            for (int j = 0; j < RQ_QK; ++j) {
+                y[i*RQ_QK + j] = sv * rq_levels4[rq4_index(&b[i], j)];
+            }
+#endif
+        }
+    }
+}
+
+static inline float rq_dot(const float * a, const float * b, int64_t n) {
+#if defined(RQ_AVX2)
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i),     _mm256_loadu_ps(b + i),     acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
+    }
+    float sum = hsum8(_mm256_add_ps(acc0, acc1));
+#else
+    float sum = 0.0f;
+    int64_t i = 0;
+#endif
+    for (; i < n; ++i) {
+        sum += a[i] * b[i];
+    }
+    return sum;
+}
+
+// acc = acc * ms + vs * x
+static inline void rq_scale_mad(float * acc, const float * x, float ms, float vs, int64_t n) {
+    int64_t i = 0;
+#if defined(RQ_AVX2)
+    const __m256 m = _mm256_set1_ps(ms), v = _mm256_set1_ps(vs);
+    for (; i + 8 <= n; i += 8) {
+        _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(_mm256_loadu_ps(x + i), v, _mm256_mul_ps(_mm256_loadu_ps(acc + i), m)));
+    }
+#endif
+    for (; i < n; ++i) {
+        acc[i] = acc[i]*ms + vs*x[i];
+    }
+}
+
+void rq_flash_attn_ext_decode(const struct ggml_tensor * dst, int64_t ic0, int64_t ic1, float * partials, int64_t stride) {
+    const struct ggml_tensor * q     = dst->src[0];
+    const struct ggml_tensor * k     = dst->src[1];
+    const struct ggml_tensor * v     = dst->src[2];
+    const struct ggml_tensor * mask  = dst->src[3];
+    const struct ggml_tensor * sinks = dst->src[4];
+
+    const int64_t DK = k->ne[0], DV = v->ne[0];
+    const int64_t n_head = q->ne[2], n_head_kv = k->ne[2];
+    const int64_t group = n_head / n_head_kv;
+
+    float scale, max_bias, softcap;
+    memcpy(&scale,    (const float *) dst->op_params + 0, sizeof(float));
+    memcpy(&max_bias, (const float *) dst->op_params + 1, sizeof(float));
+    memcpy(&softcap,  (const float *) dst->op_params + 2, sizeof(float));
+    if (softcap != 0.0f) {
+        scale /= softcap;
+    }
+    const uint32_t n_head_log2 = 1u << (uint32_t) floor(log2((double) n_head));
+    const float m0 = powf(2.0f, -(max_bias       ) / n_head_log2);
+    const float m1 = powf(2.0f, -(max_bias / 2.0f) / n_head_log2);
+
+    const bool v_rotor = rq_is_cache_type(v->type);
+    const ggml_to_float_t v_to_float = ggml_get_type_traits(v->type)->to_float;
+    const ggml_from_float_t rotate_q = rq_rotated_type(k->type) == GGML_TYPE_PLANAR_F32
+        ? rq_rotate_row_planar : rq_rotate_row_iso;
+
+    float qr[RQ_FA_MAX_GROUP][RQ_FA_MAX_D];
+    float acc[RQ_FA_MAX_GROUP][RQ_FA_MAX_D];
+    float M[RQ_FA_MAX_GROUP], S[RQ_FA_MAX_GROUP], slope[RQ_FA_MAX_GROUP], mv[RQ_FA_MAX_GROUP];
+    float kl[RQ_FA_MAX_D], vl[RQ_FA_MAX_D];
+
+    for (int64_t hk = 0; hk < n_head_kv; ++hk) {
+        for (int64_t h0 = hk*group; h0 < (hk + 1)*group; h0 += RQ_FA_MAX_GROUP) {
+            const int64_t G = (hk + 1)*group - h0 < RQ_FA_MAX_GROUP ? (hk + 1)*group - h0 : RQ_FA_MAX_GROUP;
+            for (int64_t j = 0; j < G; ++j) {
+                const int64_t h = h0 + j;
+                rotate_q((const float *) ((const char *) q->data + h*q->nb[2]), qr[j], DK);
+                M[j] = -INFINITY;
+                S[j] = 0.0f;
+                memset(acc[j], 0, DV*sizeof(float));
+                slope[j] = max_bias > 0.0f ? (h < n_head_log2 ? powf(m0, h + 1) : powf(m1, 2*(h - n_head_log2) + 1)) : 1.0f;
+            }
+            const char * k_head = (const char *) k->data + hk*k->nb[2];
+            const char * v_head = (const char *) v->data + hk*v->nb[2];
+            for (int64_t ic = ic0; ic < ic1; ++ic) {
+                bool any = false;
+                for (int64_t j = 0; j < G; ++j) {
+                    const ggml_fp16_t * mp = mask ? (const ggml_fp16_t *) ((const char *) mask->data
+                        + ((h0 + j) % mask->ne[2])*mask->nb[2]) : NULL;
+                    mv[j] = mp ? slope[j]*rq_half(mp[ic]) : 0.0f;
+                    any |= mv[j] != -INFINITY;
+                }
+                if (!any) {
+                    continue;
+                }
+                rq_decode_rotated(k->type, k_head + ic*k->nb[1], kl, DK);
+                const char * v_row = v_head + ic*v->nb[1];
+                if (v_rotor) {
+                    rq_decode_rotated(v->type, v_row, vl, DV);
+                } else if (v_to_float) {
+                    v_to_float(v_row, vl, DV);
+                } else {
+                    memcpy(vl, v_row, DV*sizeof(float));
+                }
+                for (int64_t j = 0; j < G; ++j) {
+                    if (mv[j] == -INFINITY) {
+                        continue;
+                    }
+                    float s = rq_dot(kl, qr[j], DK)*scale;
+                    if (softcap != 0.0f) {
+                        s = softcap*tanhf(s);
+                    }
+                    s += mv[j];
+                    float ms = 1.0f, vs = 1.0f;
+                    if (s > M[j]) {
+                        ms = expf(M[j] - s);
+                        M[j] = s;
+                    } else {
+                        vs = expf(s - M[j]);
+                    }
+                    rq_scale_mad(acc[j], vl, ms, vs, DV);
+                    S[j] = S[j]*ms + vs;
+                }
+            }
+            for (int64_t j = 0; j < G; ++j) {
+                if (v_rotor) {
+                    rq_unrotate_acc(v->type, acc[j], DV);
+                }
+                if (sinks && ic0 == 0) {
+                    const float s = ((const float *) sinks->data)[h0 + j];
+                    float ms = 1.0f, vs = 1.0f;
+                    if (s > M[j]) {
+                        ms = expf(M[j] - s);
+                        M[j] = s;
+                        for (int64_t d = 0; d < DV; ++d) {
+                            acc[j][d] *= ms;
+                        }
+                    } else {
+                        vs = expf(s - M[j]);
+                    }
+                    S[j] = S[j]*ms + vs;
+                }
+                float * out = partials + (h0 + j)*stride;
+                out[0] = M[j];
+                out[1] = S[j];
+                memcpy(out + 2, acc[j], DV*sizeof(float));
+            }
+        }
     }
 }

@@ -29,6 +29,14 @@ GGML_API void rq_vec_mad_rq4_ref(int n, float * acc, const void * v, float scale
 GGML_API rq_vec_mad_t rq_get_vec_mad(enum ggml_type type);
 GGML_API void rq_unrotate_acc(enum ggml_type type, float * acc, int64_t n);
 
+// Flash-attention decode (one query row per head) over keys [ic0, ic1) when K is one of
+// our types: the query heads that share a KV head are processed together, so every key
+// and value row is decoded once per chunk instead of once per query head.  For each
+// query head h it writes partials[h * stride] = {M, S, VKQ[DV]} (V un-rotated), the layout
+// ggml's split-KV reduction expects.  dst is the GGML_OP_FLASH_ATTN_EXT node.
+GGML_API void rq_flash_attn_ext_decode(const struct ggml_tensor * dst, int64_t ic0, int64_t ic1,
+                                       float * partials, int64_t stride);
+
 // Entries of ggml-cpu.c's type_traits_cpu[] for our types (used by patch 0002).
 #define RQ_GGML_CPU_TYPE_TRAITS \
     [GGML_TYPE_PLANAR3] = { .from_float = rq_quantize_row_planar3_ref, .vec_dot = rq_vec_dot_rq3, \

@@ -4,7 +4,7 @@
 >>> rotorquant.build_info()["upstream_commit"]
 '0c1e57098'
 >>> from rotorquant import Llama
->>> llm = Llama("model.gguf", cache_type_k="q8_0", cache_type_v="q8_0")
+>>> llm = Llama("model.gguf", cache_type_k="iso4", cache_type_v="iso3")
 """
 from . import cache_types, errors
 from .errors import ContextError, DecodeError, ModelLoadError, RotorQuantError
