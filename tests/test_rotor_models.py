@@ -135,3 +135,19 @@ def test_head_dim_that_blocks_do_not_divide_is_a_clear_error(tmp_path):
     odd = write_tiny_llama(tmp_path / "hd32.gguf", n_embd=64, n_head=2, n_head_kv=1)  # head_dim 32
     with pytest.raises(Exception, match="block size 64 does not divide n_embd_head_k=32"):
         Llama(odd, cache_type_k="iso3")
+
+
+@pytest.mark.parametrize("t", ["iso3", "planar4"])
+def test_decode_kernel_agrees_with_the_prompt_kernel(tiny_model, t):
+    """The last token's logits: evaluated inside the prompt batch (multi-query path) or alone
+    as a decode step over a >= 512-cell cache (grouped split-KV decode kernel)."""
+    kw = dict(n_ctx=1024, cache_type_k=t, cache_type_v=t, n_threads=2)
+    with Llama(tiny_model, **kw) as llm:
+        prompt = llm.tokenize("the capital of France is Paris and the world is " * 8)
+        llm.eval(prompt)
+        whole = np.array(llm.logits())
+        llm.reset()
+        llm.eval(prompt[:-1])
+        llm.eval(prompt[-1:])
+        step = np.array(llm.logits())
+    assert np.abs(whole - step).max() < 1e-3 * np.abs(whole).max()
