@@ -20,6 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from test_rotor_attention import encode, gtype  # noqa: E402
 from rotorquant._native import ffi, lib  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_doc import write_section  # noqa: E402
+
 
 def time_fa(k_type: str, v_type: str, n_kv: int, heads: int, kv_heads: int, d: int, threads: int, reps: int) -> float:
     rng = np.random.default_rng(0)
@@ -59,12 +62,18 @@ def main() -> int:
     ap.add_argument("--types", nargs="+", default=["f16", "q8_0", "q4_0", "planar3", "iso3", "planar4", "iso4"])
     a = ap.parse_args()
     base = None
-    print(f"| K/V | µs per decode step (n_kv {a.n_kv}, {a.heads}/{a.kv_heads} heads, d {a.head_dim}) | vs f16 |")
-    print("|---|---:|---:|")
+    rows = [f"| K/V | µs per decode step | vs f16 |", "|---|---:|---:|"]
     for t in a.types:
         s = time_fa(t, t, a.n_kv, a.heads, a.kv_heads, a.head_dim, a.threads, a.reps)
         base = base or s
-        print(f"| {t} | {s * 1e6:.0f} | {base / s:.2f}x speed |", flush=True)
+        rows.append(f"| {t} | {s * 1e6:.0f} | {base / s:.2f}x |")
+        print(rows[-1], flush=True)
+    cmd = "python tools/bench_fa_cpu.py " + " ".join(sys.argv[1:])
+    write_section("bench_fa_cpu", [
+        "## CPU flash-attention op, decode step", "",
+        f"One query per head over {a.n_kv} cached tokens, {a.heads} query / {a.kv_heads} KV heads, "
+        f"head_dim {a.head_dim} (Qwen2.5-0.5B's shape), {a.threads} threads, median of {a.reps}; "
+        f"`{cmd.strip()}`, {time.strftime('%Y-%m-%d')}.", ""] + rows)
     return 0
 
 

@@ -26,9 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import rq_assets  # noqa: E402
+from bench_doc import write_section  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs/BENCHMARKS.md"
 MODELS = {"gemma": ("Gemma-3-270M Q4_K_M (head_dim 256)", rq_assets.gemma),
           "smollm2": ("SmolLM2-135M Q4_1 (head_dim 64)", rq_assets.smollm2),
           "qwen": ("Qwen2.5-Coder-0.5B Q4_K_M (head_dim 64)", rq_assets.qwen25_05b)}
@@ -128,7 +127,7 @@ def main() -> int:
                     print(lines[-1], f"({time.time() - t0:.0f} s)", flush=True)
         lines.append("")
     if lines:
-        write_section("quality", [
+        write_section("bench_kv_quality:quality", [
             "## KV-cache quality", "",
             f"Measured {time.strftime('%Y-%m-%d')} with `{cmd.strip()}`: llama-perplexity -c 512 --chunks 8 "
             "-fa on on the first 400 KB of the SOTU text; KLD against the f16-cache logits; K/V MiB "
@@ -144,22 +143,8 @@ def main() -> int:
             ts = f16 if t == "f16" else decode_speed(model, t, t, args.threads)
             speed.append(f"| {t}/{t} | {ts:.2f} | {ts / f16:.2f} |")
             print(speed[-1], flush=True)
-        write_section("speed", ["## CPU decode speed", ""] + speed)
+        write_section("bench_kv_quality:speed", ["## CPU decode speed", ""] + speed)
     return 0
-
-
-def write_section(name: str, body: list[str]) -> None:
-    """Replace (or append) this script's `name` section of docs/BENCHMARKS.md."""
-    start, end = f"<!-- bench_kv_quality:{name}:start -->", f"<!-- bench_kv_quality:{name}:end -->"
-    block = "\n".join([start, *body, "", end])
-    text = DOC.read_text() if DOC.is_file() else "# Benchmarks\n"
-    if start in text:
-        text = re.sub(re.escape(start) + r".*" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    DOC.parent.mkdir(exist_ok=True)
-    DOC.write_text(text)
-    print(block)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ TOOLS = {
     "rpc-server": "ggml-rpc-server",
     "gguf-split": "llama-gguf-split",
     "imatrix": "llama-imatrix",
+    "test-archs": "llama-test-archs",  # random-weight models of any architecture (-a REGEX -o DIR)
 }
 
 # Tools that take -ctk/-ctv and -fa.
