@@ -120,9 +120,10 @@ def test_unknown_keyword_is_a_type_error(tiny_model):
         Llama(tiny_model, n_gpu=1)
 
 
-def test_quantized_v_without_flash_attention_is_refused_up_front(tiny_model):
+@pytest.mark.parametrize("v", ["q4_0", "iso3", "planar4"])
+def test_quantized_v_without_flash_attention_is_refused_up_front(tiny_model, v):
     with pytest.raises(ValueError, match="flash attention"):
-        Llama(tiny_model, cache_type_v="q4_0", flash_attn="off")
+        Llama(tiny_model, cache_type_v=v, flash_attn="off")
 
 
 @pytest.mark.parametrize("kwargs", [{"n_batch": 0}, {"n_ctx": -1}, {"flash_attn": "maybe"},

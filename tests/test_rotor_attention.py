@@ -97,3 +97,44 @@ def test_flash_attention_matches_references(k_type, v_type, n_q, n_kv, d):
     exact_tol = 1e-5 if k_type in OURS else 2e-4
     assert nmse(got, exact) < exact_tol, "kernel differs from attention over the decoded cache"
     assert nmse(got, attention(q, k, v, scale)) < max(QUALITY_BOUND[k_type], QUALITY_BOUND[v_type])
+
+
+def run_graph(build):
+    """Build one op with `build(ctx)` -> tensor, compute it on the CPU, return its bytes."""
+    params = ffi.new("struct ggml_init_params *", {"mem_size": 64 << 20, "mem_buffer": ffi.NULL, "no_alloc": False})
+    ctx = lib.ggml_init(params[0])
+    try:
+        out = build(ctx)
+        graph = lib.ggml_new_graph(ctx)
+        lib.ggml_build_forward_expand(graph, out)
+        assert lib.ggml_graph_compute_with_ctx(ctx, graph, 2) == lib.GGML_STATUS_SUCCESS
+        return ffi.unpack(ffi.cast("char *", out.data), lib.ggml_nbytes(out))
+    finally:
+        lib.ggml_free(ctx)
+
+
+def new_tensor(ctx, name, data: bytes, ne0, ne1):
+    t = lib.ggml_new_tensor_4d(ctx, gtype(name) if isinstance(name, str) else name, ne0, ne1, 1, 1)
+    ffi.memmove(t.data, data, lib.ggml_nbytes(t))
+    return t
+
+
+@pytest.mark.parametrize("t", OURS)
+def test_get_rows_decodes_the_selected_rows(t):
+    x = np.random.default_rng(7).standard_normal((10, 128)).astype(np.float32)
+    data, rows = encode(x, t), np.array([7, 0, 3], dtype=np.int32)
+    got = np.frombuffer(run_graph(lambda ctx: lib.ggml_get_rows(
+        ctx, new_tensor(ctx, t, data, 128, 10), new_tensor(ctx, lib.GGML_TYPE_I32, rows.tobytes(), 3, 1))), np.float32)
+    assert np.array_equal(got.reshape(3, 128), decode(data, t, x.shape)[rows])
+
+
+@pytest.mark.parametrize("t", OURS)
+def test_copies_to_and_from_f32_are_the_codec(t):
+    """ggml_cpy F32 -> rotor is the reference quantiser; rotor -> F32 its decoder (K-shift path)."""
+    x = np.random.default_rng(8).standard_normal((4, 128)).astype(np.float32)
+    to_rotor = run_graph(lambda ctx: lib.ggml_cpy(ctx, new_tensor(ctx, "f32", x.tobytes(), 128, 4),
+                                                  lib.ggml_new_tensor_4d(ctx, gtype(t), 128, 4, 1, 1)))
+    assert to_rotor == encode(x, t)
+    back = run_graph(lambda ctx: lib.ggml_cpy(ctx, new_tensor(ctx, t, to_rotor, 128, 4),
+                                              lib.ggml_new_tensor_4d(ctx, lib.GGML_TYPE_F32, 128, 4, 1, 1)))
+    assert np.array_equal(np.frombuffer(back, np.float32).reshape(4, 128), decode(to_rotor, t, x.shape))

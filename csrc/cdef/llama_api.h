@@ -15,7 +15,7 @@ enum ggml_type {
     GGML_TYPE_Q8_0 = ..., GGML_TYPE_Q4_0 = ..., GGML_TYPE_Q4_1 = ...,
     GGML_TYPE_IQ4_NL = ..., GGML_TYPE_Q5_0 = ..., GGML_TYPE_Q5_1 = ...,
     GGML_TYPE_PLANAR3 = ..., GGML_TYPE_ISO3 = ..., GGML_TYPE_PLANAR4 = ..., GGML_TYPE_ISO4 = ...,
-    GGML_TYPE_PLANAR_F32 = ..., GGML_TYPE_ISO_F32 = ...,
+    GGML_TYPE_PLANAR_F32 = ..., GGML_TYPE_ISO_F32 = ..., GGML_TYPE_I32 = ...,
     GGML_TYPE_COUNT = ...,
     ...
 };
@@ -220,6 +220,8 @@ struct ggml_tensor * ggml_flash_attn_ext(struct ggml_context * ctx, struct ggml_
                                          struct ggml_tensor * k, struct ggml_tensor * v,
                                          struct ggml_tensor * mask, float scale, float max_bias,
                                          float logit_softcap);
+struct ggml_tensor * ggml_get_rows(struct ggml_context * ctx, struct ggml_tensor * a, struct ggml_tensor * b);
+struct ggml_tensor * ggml_cpy(struct ggml_context * ctx, struct ggml_tensor * a, struct ggml_tensor * b);
 struct ggml_cgraph * ggml_new_graph(struct ggml_context * ctx);
 void ggml_build_forward_expand(struct ggml_cgraph * cgraph, struct ggml_tensor * tensor);
 enum ggml_status ggml_graph_compute_with_ctx(struct ggml_context * ctx, struct ggml_cgraph * cgraph, int n_threads);
