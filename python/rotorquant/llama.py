@@ -63,7 +63,7 @@ class Llama:
                  n_gpu_layers: int = 0, cache_type_k: "str | cache_types.CacheType" = "f16",
                  cache_type_v: "str | cache_types.CacheType" = "f16",
                  flash_attn: "str | bool" = "auto", seed: "int | None" = None,
-                 n_threads: "int | None" = None, verbose: bool = False):
+                 n_threads: "int | None" = None, verbose: bool = False, vocab_only: bool = False):
         self._model = ffi.NULL
         self._ctx = ffi.NULL
         self._generation = 0  # bumps on every generate(); stale streams stop
@@ -93,11 +93,17 @@ class Llama:
 
         mparams = lib.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
+        mparams.vocab_only = bool(vocab_only)
         with Capture() as cap:
             self._model = lib.llama_model_load_from_file(os.fsencode(path), mparams)
         if self._model == ffi.NULL:
             raise ModelLoadError(f"could not load model {path}", cap.reason())
         self._vocab = lib.llama_model_get_vocab(self._model)
+        self._metadata: "dict[str, str] | None" = None
+        self.vocab_only = bool(vocab_only)
+        if self.vocab_only:  # tokenizer only: no weights, no context
+            self.n_batch = 0
+            return
 
         cparams = lib.llama_context_default_params()
         cparams.n_ctx = n_ctx
@@ -117,7 +123,6 @@ class Llama:
                 f"could not create a context (n_ctx={n_ctx}, cache_type_k={self.cache_type_k}, "
                 f"cache_type_v={self.cache_type_v}, flash_attn={fa})", cap.reason())
         self.n_batch = int(lib.llama_n_batch(self._ctx))
-        self._metadata: "dict[str, str] | None" = None
 
     # -- lifetime ----------------------------------------------------------
     def close(self) -> None:
@@ -132,7 +137,7 @@ class Llama:
 
     @property
     def closed(self) -> bool:
-        return self._ctx == ffi.NULL
+        return self._model == ffi.NULL
 
     def __enter__(self) -> "Llama":
         return self
@@ -147,13 +152,15 @@ class Llama:
             pass
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else f"n_ctx={self.n_ctx}"
+        state = "closed" if self.closed else ("vocab only" if self.vocab_only else f"n_ctx={self.n_ctx}")
         return (f"Llama({str(self.model_path)!r}, {state}, cache_type_k={self.cache_type_k}, "
                 f"cache_type_v={self.cache_type_v})")
 
-    def _check_open(self) -> None:
+    def _check_open(self, need_context: bool = True) -> None:
         if self.closed:
             raise ValueError("this Llama is closed")
+        if need_context and self._ctx == ffi.NULL:
+            raise ValueError("this Llama was opened with vocab_only=True: it has no context")
 
     # -- facts -------------------------------------------------------------
     @property
@@ -163,13 +170,13 @@ class Llama:
 
     @property
     def n_vocab(self) -> int:
-        self._check_open()
+        self._check_open(need_context=False)
         return int(lib.llama_vocab_n_tokens(self._vocab))
 
     @property
     def metadata(self) -> dict[str, str]:
         """The GGUF key/values of the model, as llama.cpp renders them (strings)."""
-        self._check_open()
+        self._check_open(need_context=False)
         if self._metadata is None:
             self._metadata = {}
             for i in range(lib.llama_model_meta_count(self._model)):
@@ -197,7 +204,7 @@ class Llama:
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
         """Text to token ids.  ``add_special`` adds BOS/EOS as the model asks;
         ``parse_special`` turns ``<|im_start|>``-style text into control tokens."""
-        self._check_open()
+        self._check_open(need_context=False)
         if not isinstance(text, str):
             raise TypeError(f"text must be str, not {type(text).__name__}")
         data = text.encode("utf-8")
@@ -215,7 +222,7 @@ class Llama:
     def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
         """Token ids to text, inverse of ``tokenize``: the BOS/EOS and leading space
         the tokenizer adds are removed; ``special`` renders control tokens as text."""
-        self._check_open()
+        self._check_open(need_context=False)
         ids = self._checked_tokens(tokens)
         # Drop the BOS ourselves: upstream keeps the tokenizer's leading space
         # when it removes a BOS, which breaks detokenize(tokenize(s)) == s.

@@ -1,0 +1,147 @@
+"""rq-convert: HF checkpoint -> verified GGUF, atomic, with clear errors on bad input."""
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from conftest import run
+
+torch = pytest.importorskip("torch", reason="conversion needs torch (pip install 'rotorquant[convert]')")
+transformers = pytest.importorskip("transformers")
+
+from hf_checkpoints import smollm2_tokenizer, tiny_llama  # noqa: E402
+from rotorquant import Llama  # noqa: E402
+
+TEXT = "The capital of France is Paris. It is known for the Eiffel Tower and fine food."
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory, smollm2_model):
+    return smollm2_tokenizer(tmp_path_factory.mktemp("tok"), smollm2_model)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tokenizer_dir):
+    return tiny_llama(tmp_path_factory.mktemp("ckpt") / "tiny-llama", tokenizer_dir)
+
+
+def rq_convert(*args):
+    return run(["rq-convert", *map(str, args)], timeout=900)
+
+
+def test_converts_verifies_and_matches_transformers_logits(checkpoint, tmp_path):
+    out = tmp_path / "tiny-f16.gguf"
+    proc = rq_convert(checkpoint, "-o", out, "--outtype", "f16")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "verified" in proc.stdout and out.is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rq-convert")]
+    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, torch_dtype=torch.float32).eval()
+    with Llama(out, n_ctx=256) as llm:
+        ids = llm.tokenize(TEXT, add_special=False)
+        llm.eval(ids)
+        ours = np.array(llm.logits(), dtype=np.float64)
+        meta = llm.metadata
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0, -1].double().numpy()
+    assert np.abs(ours - ref).max() < 0.05
+    p, q = np.exp(ref - ref.max()), np.exp(ours - ours.max())
+    p, q = p / p.sum(), q / q.sum()
+    assert float(np.sum(p * (np.log(p + 1e-30) - np.log(q + 1e-30)))) < 1e-4
+    assert meta["rotorquant.upstream_commit"] == "0c1e57098"
+    assert meta["rotorquant.source"] == str(checkpoint)
+
+
+def test_sharded_checkpoint_converts_the_same(tokenizer_dir, tmp_path):
+    sharded = tiny_llama(tmp_path / "sharded", tokenizer_dir, shards=3)
+    assert len(list(sharded.glob("*.safetensors"))) == 3
+    proc = rq_convert(sharded, "-o", tmp_path / "s.gguf", "--outtype", "f32")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_quantize_in_one_command_and_keep_nothing_else(checkpoint, tmp_path):
+    proc = rq_convert(checkpoint, "-o", tmp_path / "q.gguf", "--quant", "Q8_0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.gguf"]
+    with Llama(tmp_path / "q.gguf", n_ctx=64) as llm:
+        assert llm.generate("Hello", max_tokens=4, temperature=0) is not None
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(checkpoint, tmp_path):
+    proc = rq_convert(checkpoint, "-o", tmp_path / "x.gguf", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "LlamaForCausalLM" in proc.stdout and "peak RAM" in proc.stdout
+    assert not list(tmp_path.iterdir())
+
+
+def test_existing_output_needs_force(checkpoint, tmp_path):
+    out = tmp_path / "exists.gguf"
+    out.write_bytes(b"keep me")
+    proc = rq_convert(checkpoint, "-o", out)
+    assert proc.returncode == 1 and "--force" in proc.stderr
+    assert out.read_bytes() == b"keep me"
+
+
+# --- bad checkpoints: a clear error, nothing written --------------------------------------
+
+def broken(checkpoint, tmp_path, mutate):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in checkpoint.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    mutate(bad)
+    return bad
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: (d / "config.json").unlink(), "no config.json"),
+    (lambda d: (d / "config.json").write_text(json.dumps({"architectures": ["NoSuchModelForCausalLM"]})),
+     "NoSuchModelForCausalLM is not supported"),
+    (lambda d: [p.unlink() for p in d.glob("*.safetensors")] and (d / "pytorch_model.bin").write_bytes(b"x"),
+     "never unpickles"),
+    (lambda d: [p.write_bytes(p.read_bytes()[:-1000]) for p in d.glob("*.safetensors")], "truncated or corrupt"),
+    (lambda d: [lie_about_offsets(p) for p in d.glob("*.safetensors")], "do not fit"),
+])
+def test_bad_checkpoints_fail_clearly_and_write_nothing(checkpoint, tmp_path, mutate, message):
+    bad = broken(checkpoint, tmp_path, mutate)
+    out = tmp_path / "out"
+    proc = rq_convert(bad, "-o", out / "m.gguf")
+    assert proc.returncode == 1
+    assert message in proc.stderr
+    assert not out.exists() or not list(out.iterdir())
+
+
+def lie_about_offsets(path):
+    data = bytearray(path.read_bytes())
+    (n,) = struct.unpack_from("<Q", data)
+    header = json.loads(data[8:8 + n])
+    name = next(k for k in header if k != "__metadata__")
+    end = header[name]["data_offsets"][1]
+    header[name]["data_offsets"][1] = end - 1 if end % 10 else end + 1  # same number of digits
+    new = json.dumps(header, separators=(",", ":")).encode().ljust(n)
+    if len(new) != n:
+        pytest.skip("header grew")
+    data[8:8 + n] = new
+    path.write_bytes(bytes(data))
+
+
+def test_duplicate_tensor_names_across_shards(tokenizer_dir, tmp_path):
+    ckpt = tiny_llama(tmp_path / "dup", tokenizer_dir, shards=2)
+    a, b = sorted(ckpt.glob("*.safetensors"))
+    from safetensors.numpy import load_file, save_file
+    first = load_file(a)
+    second = load_file(b)
+    second.update({next(iter(first)): next(iter(first.values()))})
+    save_file(second, b)
+    proc = rq_convert(ckpt, "-o", tmp_path / "o.gguf")
+    assert proc.returncode == 1 and "appears in both" in proc.stderr
+
+
+def test_not_enough_disk_is_refused_before_writing(checkpoint, tmp_path, monkeypatch):
+    from rotorquant.convert import pipeline
+    plan = pipeline.make_plan(checkpoint, tmp_path / "d.gguf", "f16", None, None)
+    plan.free_bytes = 1000
+    with pytest.raises(pipeline.ConvertError, match="missing"):
+        pipeline.convert(plan, source_id="x")
+    assert not list(tmp_path.iterdir())
