@@ -40,3 +40,47 @@ def tiny_llama(out: Path, tokenizer_dir: Path, shards: int = 1, seed: int = 0) -
     for f in tokenizer_dir.iterdir():
         shutil.copy(f, out / f.name)
     return out
+
+
+def tiny_qwen35_moe(out: Path, tokenizer_dir: Path, shards: int = 1, seed: int = 0, vocab: int = 248320) -> Path:
+    """A random Qwen3_5MoeForConditionalGeneration with the real structure at toy size:
+    3 linear-attention + 1 full-attention layers, 8 experts top-2 with a shared expert,
+    partial rotary with an M-RoPE section, and a 2-layer vision tower (patch 16, merge 2,
+    temporal 2).  Use the real vocabulary (rq_assets.qwen35_tokenizer) so the converter
+    recognises the pre-tokenizer."""
+    import json
+
+    import torch
+    from transformers import Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration
+
+    torch.manual_seed(seed)
+    text = dict(vocab_size=vocab, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=64, intermediate_size=128,
+                layer_types=["linear_attention"] * 3 + ["full_attention"],
+                linear_conv_kernel_dim=4, linear_key_head_dim=32, linear_value_head_dim=32,
+                linear_num_key_heads=2, linear_num_value_heads=8,
+                moe_intermediate_size=32, shared_expert_intermediate_size=32, num_experts=8,
+                num_experts_per_tok=2, max_position_embeddings=1024, rms_norm_eps=1e-6,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25,
+                                 "mrope_section": [3, 3, 2], "mrope_interleaved": True},
+                tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
+                  spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64, num_position_embeddings=64)
+    cfg = Qwen3_5MoeConfig(text_config=text, vision_config=vision, tie_word_embeddings=False)
+    model = Qwen3_5MoeForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30)
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    out.mkdir(parents=True, exist_ok=True)
+    total = sum(p.numel() * 4 for p in model.parameters())
+    kw = {} if shards == 1 else {"max_shard_size": f"{total // shards // 1000 + 1}KB"}
+    model.save_pretrained(out, safe_serialization=True, **kw)
+    (out / "preprocessor_config.json").write_text(json.dumps({
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "patch_size": 16,
+        "merge_size": 2, "temporal_patch_size": 2, "min_pixels": 3136, "max_pixels": 1003520}))
+    for f in tokenizer_dir.iterdir():
+        shutil.copy(f, out / f.name)
+    return out
+

@@ -145,3 +145,58 @@ def test_not_enough_disk_is_refused_before_writing(checkpoint, tmp_path, monkeyp
     with pytest.raises(pipeline.ConvertError, match="missing"):
         pipeline.convert(plan, source_id="x")
     assert not list(tmp_path.iterdir())
+
+
+# --- the mission's architecture: a Qwen3.5-MoE-shaped checkpoint (hybrid attention, MoE, vision) --
+
+@pytest.fixture(scope="module")
+def qwen35_dir():
+    import rq_assets
+    return rq_assets.qwen35_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def qwen35(tmp_path_factory, qwen35_dir):
+    from hf_checkpoints import tiny_qwen35_moe
+    return tiny_qwen35_moe(tmp_path_factory.mktemp("q35") / "tiny-qwen35-moe", qwen35_dir)
+
+
+def logits_vs_transformers(checkpoint, gguf_path, n_tokens=265, **llama_kw):
+    import rq_assets
+    from tokenizers import Tokenizer
+    from transformers import Qwen3_5MoeForConditionalGeneration
+
+    text = rq_assets.sotu_text().read_text()[:2000]
+    ids = Tokenizer.from_file(str(checkpoint / "tokenizer.json")).encode(text, add_special_tokens=False).ids[:n_tokens]
+    model = Qwen3_5MoeForConditionalGeneration.from_pretrained(checkpoint, torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor([ids])).logits[0, -1].double().numpy()
+    with Llama(gguf_path, n_ctx=512, **llama_kw) as llm:
+        assert llm.tokenize(text, add_special=False)[:n_tokens] == ids  # same tokenizer
+        llm.eval(ids)
+        ours = np.array(llm.logits(), dtype=np.float64)
+    p, q = np.exp(ref - ref.max()), np.exp(ours - ours.max())
+    p, q = p / p.sum(), q / q.sum()
+    return np.abs(ours - ref).max(), float(np.sum(p * (np.log(p + 1e-30) - np.log(q + 1e-30)))), ours, ref
+
+
+def test_qwen35_moe_converts_with_its_vision_projector_and_matches_transformers(qwen35, tmp_path):
+    out = tmp_path / "q35.gguf"
+    proc = rq_convert(qwen35, "-o", out, "--outtype", "f16")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mmproj-q35.gguf", "q35.gguf"]
+    max_diff, kl, _, _ = logits_vs_transformers(qwen35, out)
+    assert max_diff < 0.05 and kl < 1e-4
+    # and the converted model runs with a rotor cache on its full-attention layers
+    _, _, ours, ref = logits_vs_transformers(qwen35, out, cache_type_k="iso4", cache_type_v="iso4")
+    assert ours.argmax() == ref.argmax()
+
+
+def test_sharded_qwen35_converts_to_the_same_tensors(qwen35_dir, tmp_path):
+    from hf_checkpoints import tiny_qwen35_moe
+    sharded = tiny_qwen35_moe(tmp_path / "sharded", qwen35_dir, shards=3)
+    assert len(list(sharded.glob("*.safetensors"))) == 3
+    proc = rq_convert(sharded, "-o", tmp_path / "out" / "s.gguf", "--outtype", "f32", "--no-mmproj")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    max_diff, kl, _, _ = logits_vs_transformers(sharded, tmp_path / "out" / "s.gguf")
+    assert max_diff < 0.05 and kl < 1e-4

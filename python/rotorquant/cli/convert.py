@@ -10,6 +10,7 @@ see rotorquant.convert for what is added around it.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -51,19 +52,15 @@ def resolve_source(src: str, revision: "str | None") -> Path:
 
 def main(argv: "list[str] | None" = None) -> int:
     args = _parser().parse_args(argv)
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("rotorquant.llama").setLevel(logging.ERROR)  # verification loads the vocabulary
     from ..convert.checkpoint import CheckpointError
-    from ..convert.pipeline import ConvertError, convert, make_plan, supported_architectures
+    from ..convert.pipeline import ConvertError, convert, make_plan
     from ..convert.verify import VerifyError
 
     try:
         src = resolve_source(args.src, args.revision)
         plan = make_plan(src, args.out, args.outtype, args.quant, args.mmproj)
-        arch = plan.checkpoint.architecture
-        supported = supported_architectures()
-        if not arch or (supported and arch not in supported):
-            raise CheckpointError(f"architecture {arch or '(none in config.json)'} is not supported by the "
-                                  "pinned converter (rq-convert --help; supported list: convert_hf_to_gguf.py "
-                                  "--print-supported-models)")
         print(plan.describe())
         if args.dry_run:
             return 0

@@ -7,6 +7,7 @@ name.  Existing outputs are kept unless ``force`` is set.
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import shutil
@@ -38,6 +39,7 @@ class Plan:
     estimated_bytes: int
     peak_ram_bytes: int
     free_bytes: int
+    converter: dict = field(default_factory=dict)  # converter_info() of the architecture
     notes: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
@@ -68,8 +70,16 @@ def largest_group_bytes(ckpt: Checkpoint) -> int:
 
 def make_plan(src: Path, out: "Path | None", outtype: str, quant: "str | None", mmproj: "bool | None") -> Plan:
     ckpt = open_checkpoint(src)
+    if not ckpt.architecture:
+        raise CheckpointError(f"{ckpt.path / 'config.json'} names no architecture")
+    info = converter_info(ckpt.architecture)
+    if not info["text"]:
+        raise CheckpointError(f"architecture {ckpt.architecture} is not supported by the pinned converter "
+                              "(its list: python convert_hf_to_gguf.py --print-supported-models)")
     if mmproj is None:
-        mmproj = "vision_config" in ckpt.config
+        mmproj = "vision_config" in ckpt.config and info["mmproj"]
+    elif mmproj and not info["mmproj"]:
+        raise CheckpointError(f"the converter has no vision projector for {ckpt.architecture}")
     label = (quant or outtype).upper() if quant else outtype
     if out is None:
         out = Path.cwd() / f"{ckpt.path.name}-{label}.gguf"
@@ -81,21 +91,16 @@ def make_plan(src: Path, out: "Path | None", outtype: str, quant: "str | None", 
     if quant:
         n_bytes *= 1.5  # the intermediate and the quantized file coexist for a while
     free = shutil.disk_usage(out.parent if out.parent.exists() else Path.cwd()).free
-    return Plan(ckpt, outtype, quant, mmproj, outputs, int(n_bytes), 2 * largest_group_bytes(ckpt), free)
+    return Plan(ckpt, outtype, quant, mmproj, outputs, int(n_bytes), 2 * largest_group_bytes(ckpt), free, info)
 
 
-def declares_mtp(config: dict) -> bool:
-    """Whether the config asks for multi-token-prediction layers (top level or text_config)."""
-    for cfg in (config, config.get("text_config") or {}):
-        if any(cfg.get(k) for k in ("mtp_num_hidden_layers", "num_nextn_predict_layers")):
-            return True
-    return False
-
-
-def supported_architectures() -> set[str]:
-    proc = subprocess.run([sys.executable, str(UPSTREAM_DIR / "convert_hf_to_gguf.py"), "--print-supported-models"],
+def converter_info(architecture: str) -> dict:
+    """{"text", "mmproj", "mtp"}: what the pinned converter supports for this architecture."""
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("_converter_info.py")), architecture],
                           capture_output=True, text=True, env=_env())
-    return {line.strip().lstrip("- ").strip() for line in (proc.stdout + proc.stderr).splitlines() if line.strip()}
+    if proc.returncode != 0:
+        raise ConvertError(f"could not query the converter: {proc.stderr.strip().splitlines()[-1:]}")
+    return json.loads(proc.stdout)
 
 
 def _env() -> dict:
@@ -106,10 +111,17 @@ def _env() -> dict:
 
 
 def _run(cmd: list[str], what: str, env: "dict | None" = None) -> None:
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    """Run a step; its progress output reaches a terminal, its last lines the error."""
+    show = sys.stderr.isatty()
+    tail: collections.deque = collections.deque(maxlen=20)
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="replace", bufsize=1) as proc:
+        for line in proc.stdout:
+            tail.append(line.rstrip("\n"))
+            if show:
+                sys.stderr.write(line)
     if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.strip().splitlines()[-20:])
-        raise ConvertError(f"{what} failed (exit {proc.returncode}):\n{tail}")
+        raise ConvertError(f"{what} failed (exit {proc.returncode}):\n" + "\n".join(tail))
 
 
 def provenance(plan: Plan, source_id: str, revision: "str | None") -> dict:
@@ -141,11 +153,12 @@ def convert(plan: Plan, *, source_id: str, revision: "str | None" = None, force:
                 str(plan.checkpoint.path), "--outtype", plan.outtype]
         if split_max_size:
             base += ["--split-max-size", split_max_size]
-        if declares_mtp(plan.checkpoint.config) and not any("mtp" in n for n in plan.checkpoint.tensors):
-            base += ["--no-mtp"]  # upstream asserts on an MTP config whose MTP tensors are absent
+        text_only = []
+        if plan.converter.get("mtp") and not any("mtp" in n for n in plan.checkpoint.tensors):
+            text_only = ["--no-mtp"]  # upstream asserts when an MTP-capable model has no MTP tensors
         produced: dict[str, list[Path]] = {}
         log(f"converting {plan.checkpoint.path.name} -> {plan.outtype}")
-        _run(base + ["--outfile", str(work / "model.gguf")], "conversion", env)
+        _run(base + text_only + ["--outfile", str(work / "model.gguf")], "conversion", env)
         produced["model"] = sorted(work.glob("model*.gguf"))
         if plan.mmproj:
             log("converting the vision projector")
@@ -192,4 +205,4 @@ def _move_into_place(plan: Plan, produced: dict[str, list[Path]], force: bool) -
     return final
 
 
-__all__ = ["ConvertError", "CheckpointError", "Plan", "make_plan", "convert", "supported_architectures"]
+__all__ = ["ConvertError", "CheckpointError", "Plan", "make_plan", "convert", "converter_info"]

@@ -1,8 +1,8 @@
 """Checks on converted files before they get their final names.
 
-1. Inventory: every file opens, has tensors, none empty; the mmproj is not a stub; the
-   text model's parameter count is close to the checkpoint's (minus what goes to the
-   mmproj).
+1. Inventory: every file opens, has tensors, none empty; the mmproj holds (at least 90 %
+   of) the checkpoint's vision tower, not a stub; text model + mmproj hold the checkpoint's
+   parameter count (within 10 %: the converter fuses, splits and drops a few tensors).
 2. A vocab-only load through our bindings.
 3. Tokenizer round trip on sample strings against the source ``tokenizer.json`` (with the
    ``tokenizers`` library, when it is installed).
@@ -16,21 +16,27 @@ from pathlib import Path
 
 SAMPLES = ["Hello, world!", "The capital of France is Paris.", "  leading spaces and\ttabs\n",
            "naïve café — 東京 🚀", "def f(x):\n    return x**2  # code", "12345 + 678 = 13023"]
-MIN_MMPROJ_BYTES = 1 << 20
+VISION_MARKERS = ("visual.", "vision_tower", "vision_model", "vision_encoder")
 
 
 class VerifyError(RuntimeError):
     """A converted file failed a check; it is not put in place."""
 
 
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
 def inspect_gguf(files: list[Path]) -> list[dict]:
-    from .pipeline import UPSTREAM_DIR, _env
+    from .pipeline import _env
 
     proc = subprocess.run([sys.executable, str(Path(__file__).with_name("_inspect_gguf.py")), *map(str, files)],
                           capture_output=True, text=True, env=_env())
     if proc.returncode != 0:
         raise VerifyError(f"could not read {files[0].name} as GGUF: {proc.stderr.strip().splitlines()[-1:]}")
-    _ = UPSTREAM_DIR
     return json.loads(proc.stdout)
 
 
@@ -45,9 +51,13 @@ def verify_outputs(plan, produced: dict[str, list[Path]], log=print) -> dict:
                 raise VerifyError(f"{role} file {Path(f['path']).name} has no tensors")
             if f["empty"]:
                 raise VerifyError(f"{role} file has empty tensors: {', '.join(f['empty'][:5])}")
-        if role == "mmproj" and sum(p.stat().st_size for p in files) < MIN_MMPROJ_BYTES:
-            raise VerifyError(f"the mmproj file is only {files[0].stat().st_size} bytes: a stub, not a projector")
         summary[role] = sum(f["n_elements"] for f in info)
+    if "mmproj" in summary:
+        vision = sum(_numel(t.shape) for t in plan.checkpoint.tensors.values()
+                     if any(m in t.name for m in VISION_MARKERS))
+        if summary["mmproj"] < 0.9 * vision:
+            raise VerifyError(f"the mmproj holds {summary['mmproj']} parameters but the checkpoint's vision "
+                              f"tower has {vision}: a stub, not the projector")
     src = plan.checkpoint.n_params
     got = sum(summary.values())
     if not 0.9 * src <= got <= 1.1 * src:
