@@ -42,32 +42,35 @@ def tiny_llama(out: Path, tokenizer_dir: Path, shards: int = 1, seed: int = 0) -
     return out
 
 
-def tiny_qwen35_moe(out: Path, tokenizer_dir: Path, shards: int = 1, seed: int = 0, vocab: int = 248320) -> Path:
-    """A random Qwen3_5MoeForConditionalGeneration with the real structure at toy size:
-    3 linear-attention + 1 full-attention layers, 8 experts top-2 with a shared expert,
+def tiny_qwen35(out: Path, tokenizer_dir: Path, moe: bool = True, shards: int = 1, seed: int = 0,
+               vocab: int = 248320) -> Path:
+    """A random Qwen3_5(Moe)ForConditionalGeneration with the real structure at toy size:
+    3 linear-attention + 1 full-attention layers, (MoE) 8 experts top-2 with a shared expert,
     partial rotary with an M-RoPE section, and a 2-layer vision tower (patch 16, merge 2,
     temporal 2).  Use the real vocabulary (rq_assets.qwen35_tokenizer) so the converter
     recognises the pre-tokenizer."""
     import json
 
     import torch
-    from transformers import Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration
+    import transformers
 
     torch.manual_seed(seed)
     text = dict(vocab_size=vocab, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
                 num_key_value_heads=2, head_dim=64, intermediate_size=128,
                 layer_types=["linear_attention"] * 3 + ["full_attention"],
                 linear_conv_kernel_dim=4, linear_key_head_dim=32, linear_value_head_dim=32,
-                linear_num_key_heads=2, linear_num_value_heads=8,
-                moe_intermediate_size=32, shared_expert_intermediate_size=32, num_experts=8,
-                num_experts_per_tok=2, max_position_embeddings=1024, rms_norm_eps=1e-6,
+                linear_num_key_heads=2, linear_num_value_heads=8, max_position_embeddings=1024, rms_norm_eps=1e-6,
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25,
                                  "mrope_section": [3, 3, 2], "mrope_interleaved": True},
                 tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    if moe:
+        text.update(moe_intermediate_size=32, shared_expert_intermediate_size=32, num_experts=8,
+                    num_experts_per_tok=2)
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
                   spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=64, num_position_embeddings=64)
-    cfg = Qwen3_5MoeConfig(text_config=text, vision_config=vision, tie_word_embeddings=False)
-    model = Qwen3_5MoeForConditionalGeneration(cfg).eval()
+    kind = "Qwen3_5Moe" if moe else "Qwen3_5"
+    cfg = getattr(transformers, kind + "Config")(text_config=text, vision_config=vision, tie_word_embeddings=False)
+    model = getattr(transformers, kind + "ForConditionalGeneration")(cfg).eval()
     with torch.no_grad():
         model.lm_head.weight.mul_(30)
         for name, p in model.named_parameters():
@@ -84,3 +87,22 @@ def tiny_qwen35_moe(out: Path, tokenizer_dir: Path, shards: int = 1, seed: int =
         shutil.copy(f, out / f.name)
     return out
 
+
+
+def trained_checkpoint_from_gguf(out: Path, gguf_path: Path) -> Path:
+    """A real trained Hugging Face checkpoint, rebuilt from a registry GGUF with transformers'
+    GGUF reader (weights dequantised to f32).  save_pretrained refuses a model "quantized with
+    gguf", so a plain model is built from the config and given the state dict."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                  dtype=torch.float32)
+    config = type(loaded.config).from_dict(
+        {k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"})
+    plain = type(loaded)(config)
+    plain.load_state_dict(loaded.state_dict())
+    out.mkdir(parents=True, exist_ok=True)
+    plain.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name).save_pretrained(out)
+    return out

@@ -37,7 +37,7 @@ def test_converts_verifies_and_matches_transformers_logits(checkpoint, tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "verified" in proc.stdout and out.is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rq-convert")]
-    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, torch_dtype=torch.float32).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
     with Llama(out, n_ctx=256) as llm:
         ids = llm.tokenize(TEXT, add_special=False)
         llm.eval(ids)
@@ -157,18 +157,18 @@ def qwen35_dir():
 
 @pytest.fixture(scope="module")
 def qwen35(tmp_path_factory, qwen35_dir):
-    from hf_checkpoints import tiny_qwen35_moe
-    return tiny_qwen35_moe(tmp_path_factory.mktemp("q35") / "tiny-qwen35-moe", qwen35_dir)
+    from hf_checkpoints import tiny_qwen35
+    return tiny_qwen35(tmp_path_factory.mktemp("q35") / "tiny-qwen35-moe", qwen35_dir)
 
 
 def logits_vs_transformers(checkpoint, gguf_path, n_tokens=265, **llama_kw):
     import rq_assets
     from tokenizers import Tokenizer
-    from transformers import Qwen3_5MoeForConditionalGeneration
+    from transformers import AutoModelForImageTextToText
 
     text = rq_assets.sotu_text().read_text()[:2000]
     ids = Tokenizer.from_file(str(checkpoint / "tokenizer.json")).encode(text, add_special_tokens=False).ids[:n_tokens]
-    model = Qwen3_5MoeForConditionalGeneration.from_pretrained(checkpoint, torch_dtype=torch.float32).eval()
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
     with torch.no_grad():
         ref = model(input_ids=torch.tensor([ids])).logits[0, -1].double().numpy()
     with Llama(gguf_path, n_ctx=512, **llama_kw) as llm:
@@ -193,10 +193,40 @@ def test_qwen35_moe_converts_with_its_vision_projector_and_matches_transformers(
 
 
 def test_sharded_qwen35_converts_to_the_same_tensors(qwen35_dir, tmp_path):
-    from hf_checkpoints import tiny_qwen35_moe
-    sharded = tiny_qwen35_moe(tmp_path / "sharded", qwen35_dir, shards=3)
+    from hf_checkpoints import tiny_qwen35
+    sharded = tiny_qwen35(tmp_path / "sharded", qwen35_dir, shards=3)
     assert len(list(sharded.glob("*.safetensors"))) == 3
     proc = rq_convert(sharded, "-o", tmp_path / "out" / "s.gguf", "--outtype", "f32", "--no-mmproj")
     assert proc.returncode == 0, proc.stderr[-3000:]
     max_diff, kl, _, _ = logits_vs_transformers(sharded, tmp_path / "out" / "s.gguf")
     assert max_diff < 0.05 and kl < 1e-4
+
+
+def test_dense_qwen35_control_converts_and_matches(qwen35_dir, tmp_path):
+    from hf_checkpoints import tiny_qwen35
+    dense = tiny_qwen35(tmp_path / "dense", qwen35_dir, moe=False)
+    proc = rq_convert(dense, "-o", tmp_path / "out" / "d.gguf", "--outtype", "f16")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "out" / "mmproj-d.gguf").is_file()
+    max_diff, kl, _, _ = logits_vs_transformers(dense, tmp_path / "out" / "d.gguf")
+    assert max_diff < 0.05 and kl < 1e-4
+
+
+def test_a_real_trained_checkpoint_converts_back_to_the_same_perplexity(smollm2_model, tmp_path):
+    """SmolLM2-135M: registry GGUF (Q4_1) -> HF checkpoint (f32) -> rq-convert -> perplexity."""
+    import re
+
+    import rq_assets
+    from hf_checkpoints import trained_checkpoint_from_gguf
+    ckpt = trained_checkpoint_from_gguf(tmp_path / "smollm2-hf", smollm2_model)
+    out = tmp_path / "smollm2-f16.gguf"
+    proc = rq_convert(ckpt, "-o", out, "--outtype", "f16")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = rq_assets.sotu_text()
+
+    def ppl(model):
+        p = run(["rq-run", "perplexity", "-m", model, "-f", text, "-c", "512", "--chunks", "4", "-t", "2"])
+        assert p.returncode == 0, p.stderr[-2000:]
+        return float(re.search(r"Final estimate: PPL = ([\d.]+)", p.stdout + p.stderr).group(1))
+
+    assert ppl(out) == pytest.approx(ppl(smollm2_model), rel=0.02)
