@@ -43,11 +43,13 @@ def tiny_llama(out: Path, tokenizer_dir: Path, shards: int = 1, seed: int = 0) -
 
 
 def tiny_qwen35(out: Path, tokenizer_dir: Path, moe: bool = True, shards: int = 1, seed: int = 0,
-               vocab: int = 248320) -> Path:
+               vocab: int = 248320, mtp: bool = False) -> Path:
     """A random Qwen3_5(Moe)ForConditionalGeneration with the real structure at toy size:
     3 linear-attention + 1 full-attention layers, (MoE) 8 experts top-2 with a shared expert,
     partial rotary with an M-RoPE section, and a 2-layer vision tower (patch 16, merge 2,
-    temporal 2).  Use the real vocabulary (rq_assets.qwen35_tokenizer) so the converter
+    temporal 2), and with ``mtp`` one multi-token-prediction layer stored as the released
+    checkpoints store it (``mtp.*``; transformers itself has no MTP module and ignores
+    them).  Use the real vocabulary (rq_assets.qwen35_tokenizer) so the converter
     recognises the pre-tokenizer."""
     import json
 
@@ -80,6 +82,8 @@ def tiny_qwen35(out: Path, tokenizer_dir: Path, moe: bool = True, shards: int = 
     total = sum(p.numel() * 4 for p in model.parameters())
     kw = {} if shards == 1 else {"max_shard_size": f"{total // shards // 1000 + 1}KB"}
     model.save_pretrained(out, safe_serialization=True, **kw)
+    if mtp:
+        _add_mtp_layer(out, full_attention_layer=3, hidden=64)
     (out / "preprocessor_config.json").write_text(json.dumps({
         "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "patch_size": 16,
         "merge_size": 2, "temporal_patch_size": 2, "min_pixels": 3136, "max_pixels": 1003520}))
@@ -106,3 +110,28 @@ def trained_checkpoint_from_gguf(out: Path, gguf_path: Path) -> Path:
     plain.save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name).save_pretrained(out)
     return out
+
+
+def _add_mtp_layer(out: Path, full_attention_layer: int, hidden: int) -> None:
+    """Append mtp.* tensors (a copy of one full-attention decoder layer, plus the MTP
+    projection and norms) to a single-file checkpoint and declare them in config.json."""
+    import json
+
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    (file,) = out.glob("*.safetensors")
+    tensors = load_file(file)
+    prefix = f"model.language_model.layers.{full_attention_layer}."
+    rng = np.random.default_rng(1)
+    for name, value in list(tensors.items()):
+        if name.startswith(prefix):
+            tensors["mtp.layers.0." + name[len(prefix):]] = value.copy()
+    dtype = tensors[prefix + "input_layernorm.weight"].dtype
+    tensors["mtp.fc.weight"] = (0.05 * rng.standard_normal((hidden, 2 * hidden))).astype(dtype)
+    for norm in ("pre_fc_norm_embedding", "pre_fc_norm_hidden", "norm"):
+        tensors[f"mtp.{norm}.weight"] = (0.1 * rng.standard_normal(hidden)).astype(dtype)
+    save_file(tensors, str(file), metadata={"format": "pt"})
+    config = json.loads((out / "config.json").read_text())
+    config["text_config"]["mtp_num_hidden_layers"] = 1
+    (out / "config.json").write_text(json.dumps(config, indent=2))

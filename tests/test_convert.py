@@ -230,3 +230,18 @@ def test_a_real_trained_checkpoint_converts_back_to_the_same_perplexity(smollm2_
         return float(re.search(r"Final estimate: PPL = ([\d.]+)", p.stdout + p.stderr).group(1))
 
     assert ppl(out) == pytest.approx(ppl(smollm2_model), rel=0.02)
+
+
+def test_qwen35_with_an_mtp_layer_converts_and_keeps_it(qwen35_dir, tmp_path):
+    """Upstream maps mtp.* to an extra nextn block; the text path still matches transformers."""
+    from hf_checkpoints import tiny_qwen35
+    ckpt = tiny_qwen35(tmp_path / "mtp", qwen35_dir, mtp=True)
+    out = tmp_path / "out" / "m.gguf"
+    proc = rq_convert(ckpt, "-o", out, "--outtype", "f16", "--no-mmproj")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with Llama(out, vocab_only=True) as v:
+        meta = v.metadata
+    arch = meta["general.architecture"]
+    assert meta[f"{arch}.block_count"] == "5" and meta.get(f"{arch}.nextn_predict_layers") == "1"
+    max_diff, kl, _, _ = logits_vs_transformers(ckpt, out)
+    assert max_diff < 0.05 and kl < 1e-4
