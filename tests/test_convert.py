@@ -245,3 +245,29 @@ def test_qwen35_with_an_mtp_layer_converts_and_keeps_it(qwen35_dir, tmp_path):
     assert meta[f"{arch}.block_count"] == "5" and meta.get(f"{arch}.nextn_predict_layers") == "1"
     max_diff, kl, _, _ = logits_vs_transformers(ckpt, out)
     assert max_diff < 0.05 and kl < 1e-4
+
+
+def test_verification_compares_logits_with_transformers(checkpoint, tmp_path):
+    proc = rq_convert(checkpoint, "-o", tmp_path / "v.gguf", "--outtype", "f16")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "next-token logits match transformers" in proc.stdout
+
+
+def test_hub_ids_are_fetched_with_safe_patterns(monkeypatch, tmp_path):
+    """No hub here: check what rq-convert asks huggingface_hub for."""
+    import huggingface_hub
+    from rotorquant.cli import convert as cli
+
+    calls = {}
+
+    def fake_snapshot_download(repo_id, revision=None, allow_patterns=None):
+        calls.update(repo_id=repo_id, revision=revision, allow_patterns=allow_patterns)
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    assert cli.resolve_source("Qwen/Qwen3.5-397B-A17B", "main") == tmp_path
+    assert calls["repo_id"] == "Qwen/Qwen3.5-397B-A17B" and calls["revision"] == "main"
+    assert "*.safetensors" in calls["allow_patterns"]
+    assert not any(p.endswith((".bin", ".pt", ".pth")) for p in calls["allow_patterns"])
+    with pytest.raises(FileNotFoundError):
+        cli.resolve_source("./no/such/folder", None)

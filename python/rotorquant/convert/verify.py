@@ -6,6 +6,9 @@
 2. A vocab-only load through our bindings.
 3. Tokenizer round trip on sample strings against the source ``tokenizer.json`` (with the
    ``tokenizers`` library, when it is installed).
+4. For checkpoints up to ``LOGITS_CHECK_MAX_BYTES`` converted to a float type, next-token
+   logits on a sample text against transformers (when torch and transformers are
+   installed): KL divergence below ``LOGITS_MAX_KL``.
 """
 from __future__ import annotations
 
@@ -17,6 +20,10 @@ from pathlib import Path
 SAMPLES = ["Hello, world!", "The capital of France is Paris.", "  leading spaces and\ttabs\n",
            "naïve café — 東京 🚀", "def f(x):\n    return x**2  # code", "12345 + 678 = 13023"]
 VISION_MARKERS = ("visual.", "vision_tower", "vision_model", "vision_encoder")
+LOGITS_CHECK_MAX_BYTES = 2 << 30
+LOGITS_MAX_KL = 1e-2  # f16/bf16 conversions land near 1e-5 on the test models
+LOGITS_TEXT = ("The history of science is the study of the development of science and scientific "
+               "knowledge, including both the natural and social sciences.")
 
 
 class VerifyError(RuntimeError):
@@ -64,6 +71,9 @@ def verify_outputs(plan, produced: dict[str, list[Path]], log=print) -> dict:
         raise VerifyError(f"the outputs hold {got} parameters, the checkpoint {src}: tensors are missing or duplicated")
     log(f"verified: {got} of {src} parameters in {sum(len(v) for v in produced.values())} file(s)")
     check_vocab(produced["model"][0], plan.checkpoint.path, log)
+    if plan.quant is None and plan.outtype in ("auto", "f32", "f16", "bf16") \
+            and plan.checkpoint.nbytes <= LOGITS_CHECK_MAX_BYTES and len(produced["model"]) == 1:
+        check_logits(produced["model"][0], plan.checkpoint.path, log)
     return summary
 
 
@@ -87,3 +97,38 @@ def check_vocab(model: Path, source: Path, log=print) -> None:
             if got != want:
                 raise VerifyError(f"tokenizer mismatch on {text!r}: GGUF gives {got[:12]}, source {want[:12]}")
     log(f"verified: vocabulary loads, {len(SAMPLES)} sample strings tokenize as the source does")
+
+
+def check_logits(model: Path, source: Path, log=print) -> None:
+    try:
+        import numpy as np
+        import torch
+        import transformers
+    except ImportError:
+        log("logits check skipped: torch/transformers are not installed")
+        return
+    from ..llama import Llama
+
+    with Llama(model, n_ctx=256) as llm:
+        ids = llm.tokenize(LOGITS_TEXT)
+        llm.eval(ids)
+        ours = np.array(llm.logits(), dtype=np.float64)
+    ref_model = None
+    for auto in ("AutoModelForCausalLM", "AutoModelForImageTextToText"):
+        try:
+            ref_model = getattr(transformers, auto).from_pretrained(source, dtype=torch.float32).eval()
+            break
+        except (ValueError, KeyError, OSError):
+            continue
+    if ref_model is None:
+        log("logits check skipped: transformers cannot load this checkpoint")
+        return
+    with torch.no_grad():
+        ref = ref_model(input_ids=torch.tensor([ids])).logits[0, -1].double().numpy()
+    n = min(len(ref), len(ours))  # padded vocabularies differ in length
+    p, q = np.exp(ref[:n] - ref[:n].max()), np.exp(ours[:n] - ours[:n].max())
+    p, q = p / p.sum(), q / q.sum()
+    kl = float(np.sum(p * (np.log(p + 1e-30) - np.log(q + 1e-30))))
+    if not kl < LOGITS_MAX_KL:
+        raise VerifyError(f"next-token logits differ from transformers: KL {kl:.3g} >= {LOGITS_MAX_KL}")
+    log(f"verified: next-token logits match transformers (KL {kl:.2e}, max |diff| {np.abs(ours[:n] - ref[:n]).max():.3g})")
