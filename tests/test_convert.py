@@ -271,3 +271,14 @@ def test_hub_ids_are_fetched_with_safe_patterns(monkeypatch, tmp_path):
     assert not any(p.endswith((".bin", ".pt", ".pth")) for p in calls["allow_patterns"])
     with pytest.raises(FileNotFoundError):
         cli.resolve_source("./no/such/folder", None)
+
+
+def test_split_output_keeps_llama_cpp_split_names_and_loads(qwen35, tmp_path):
+    out = tmp_path / "split.gguf"
+    proc = rq_convert(qwen35, "-o", out, "--outtype", "f16", "--no-mmproj", "--split-max-size", "30M")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parts = sorted(p.name for p in tmp_path.iterdir())
+    assert len(parts) >= 2 and parts[0] == "split-00001-of-%05d.gguf" % len(parts)
+    with Llama(tmp_path / parts[0], n_ctx=64) as llm:
+        llm.eval([1, 2, 3])
+        assert len(llm.logits()) == llm.n_vocab
