@@ -40,7 +40,6 @@ class Plan:
     peak_ram_bytes: int
     free_bytes: int
     converter: dict = field(default_factory=dict)  # converter_info() of the architecture
-    notes: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         c = self.checkpoint
@@ -51,7 +50,7 @@ class Plan:
         lines += [f"output:        {path}" for path in self.outputs.values()]
         lines += [f"estimated size {self.estimated_bytes / 2**30:.2f} GiB; free {self.free_bytes / 2**30:.2f} GiB",
                   f"peak RAM       ~{self.peak_ram_bytes / 2**30:.2f} GiB (largest tensor group, converted lazily)"]
-        return "\n".join(lines + self.notes)
+        return "\n".join(lines)
 
 
 def largest_group_bytes(ckpt: Checkpoint) -> int:
@@ -80,7 +79,7 @@ def make_plan(src: Path, out: "Path | None", outtype: str, quant: "str | None", 
         mmproj = "vision_config" in ckpt.config and info["mmproj"]
     elif mmproj and not info["mmproj"]:
         raise CheckpointError(f"the converter has no vision projector for {ckpt.architecture}")
-    label = (quant or outtype).upper() if quant else outtype
+    label = quant.upper() if quant else outtype
     if out is None:
         out = Path.cwd() / f"{ckpt.path.name}-{label}.gguf"
     out = Path(out).expanduser().resolve()
