@@ -98,7 +98,11 @@ def converter_info(architecture: str) -> dict:
     proc = subprocess.run([sys.executable, str(Path(__file__).with_name("_converter_info.py")), architecture],
                           capture_output=True, text=True, env=_env())
     if proc.returncode != 0:
-        raise ConvertError(f"could not query the converter: {proc.stderr.strip().splitlines()[-1:]}")
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        if "No module named" in last:
+            raise ConvertError(f"the converter cannot start ({last}); install its dependencies: "
+                               "pip install 'rotorquant[convert]'")
+        raise ConvertError(f"could not query the converter: {last}")
     return json.loads(proc.stdout)
 
 
