@@ -19,55 +19,57 @@ static inline float rq_half(uint16_t h) {
 
 // ---- scalar references -----------------------------------------------------------
 
-void rq_vec_dot_rq3_ref(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
-    (void) bs; (void) bx; (void) by; (void) nrc;
-    const block_rq3 * x = vx;
-    const float * y = vy;
-    float sum = 0.0f;
+// Levels of block b of a 3- or 4-bit row (in the rotated basis); returns its scale.
+static float rq_block_levels_ref(int bits, const void * x, int64_t b, float w[RQ_QK]) {
+    if (bits == 3) {
+        const block_rq3 * blk = (const block_rq3 *) x + b;
+        for (int j = 0; j < RQ_QK; ++j) {
+            w[j] = rq_levels3[rq3_index(blk, j)];
+        }
+        return rq_half(blk->norm);
+    }
+    const block_rq4 * blk = (const block_rq4 *) x + b;
+    for (int j = 0; j < RQ_QK; ++j) {
+        w[j] = rq_levels4[rq4_index(blk, j)];
+    }
+    return rq_half(blk->norm);
+}
+
+static float rq_vec_dot_ref(int bits, int n, const void * x, const float * y) {
+    float w[RQ_QK], sum = 0.0f;
     for (int b = 0; b < n / RQ_QK; ++b) {
+        const float scale = rq_block_levels_ref(bits, x, b, w);
         float acc = 0.0f;
         for (int j = 0; j < RQ_QK; ++j) {
-            acc += rq_levels3[rq3_index(&x[b], j)] * y[b*RQ_QK + j];
+            acc += w[j] * y[b*RQ_QK + j];
         }
-        sum += rq_half(x[b].norm) * acc;
+        sum += scale * acc;
     }
-    *s = sum;
+    return sum;
 }
 
-void rq_vec_dot_rq4_ref(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc) {
+static void rq_vec_mad_ref(int bits, int n, float * acc, const void * v, float scale) {
+    float w[RQ_QK];
+    for (int b = 0; b < n / RQ_QK; ++b) {
+        const float vs = scale * rq_block_levels_ref(bits, v, b, w);
+        for (int j = 0; j < RQ_QK; ++j) {
+            acc[b*RQ_QK + j] += vs * w[j];
+        }
+    }
+}
+
+void rq_vec_dot_rq3_ref(int n, float * s, size_t bs, const void * x, size_t bx, const void * y, size_t by, int nrc) {
     (void) bs; (void) bx; (void) by; (void) nrc;
-    const block_rq4 * x = vx;
-    const float * y = vy;
-    float sum = 0.0f;
-    for (int b = 0; b < n / RQ_QK; ++b) {
-        float acc = 0.0f;
-        for (int j = 0; j < RQ_QK; ++j) {
-            acc += rq_levels4[rq4_index(&x[b], j)] * y[b*RQ_QK + j];
-        }
-        sum += rq_half(x[b].norm) * acc;
-    }
-    *s = sum;
+    *s = rq_vec_dot_ref(3, n, x, y);
 }
 
-void rq_vec_mad_rq3_ref(int n, float * acc, const void * vv, float scale) {
-    const block_rq3 * v = vv;
-    for (int b = 0; b < n / RQ_QK; ++b) {
-        const float vs = scale * rq_half(v[b].norm);
-        for (int j = 0; j < RQ_QK; ++j) {
-            acc[b*RQ_QK + j] += vs * rq_levels3[rq3_index(&v[b], j)];
-        }
-    }
+void rq_vec_dot_rq4_ref(int n, float * s, size_t bs, const void * x, size_t bx, const void * y, size_t by, int nrc) {
+    (void) bs; (void) bx; (void) by; (void) nrc;
+    *s = rq_vec_dot_ref(4, n, x, y);
 }
 
-void rq_vec_mad_rq4_ref(int n, float * acc, const void * vv, float scale) {
-    const block_rq4 * v = vv;
-    for (int b = 0; b < n / RQ_QK; ++b) {
-        const float vs = scale * rq_half(v[b].norm);
-        for (int j = 0; j < RQ_QK; ++j) {
-            acc[b*RQ_QK + j] += vs * rq_levels4[rq4_index(&v[b], j)];
-        }
-    }
-}
+void rq_vec_mad_rq3_ref(int n, float * acc, const void * v, float scale) { rq_vec_mad_ref(3, n, acc, v, scale); }
+void rq_vec_mad_rq4_ref(int n, float * acc, const void * v, float scale) { rq_vec_mad_ref(4, n, acc, v, scale); }
 
 // ---- AVX2: 8 indices at a time, levels looked up with one (3-bit) or two (4-bit)
 // in-register permutes -------------------------------------------------------------
@@ -237,9 +239,10 @@ static void rq_decode_rotated(enum ggml_type type, const void * x, float * y, in
                 _mm256_storeu_ps(y + i*RQ_QK + 8*g, _mm256_mul_ps(lv[g], sv));
             }
 #else
-            const float sv = rq_half(b[i].norm);
+            float w[RQ_QK];
+            const float sv = rq_block_levels_ref(3, b, i, w);
             for (int j = 0; j < RQ_QK; ++j) {
-                y[i*RQ_QK + j] = sv * rq_levels3[rq3_index(&b[i], j)];
+                y[i*RQ_QK + j] = sv * w[j];
             }
 #endif
         }
@@ -254,9 +257,10 @@ static void rq_decode_rotated(enum ggml_type type, const void * x, float * y, in
                 _mm256_storeu_ps(y + i*RQ_QK + 8*g, _mm256_mul_ps(lv[g], sv));
             }
 #else
-            const float sv = rq_half(b[i].norm);
+            float w[RQ_QK];
+            const float sv = rq_block_levels_ref(4, b, i, w);
             for (int j = 0; j < RQ_QK; ++j) {
-                y[i*RQ_QK + j] = sv * rq_levels4[rq4_index(&b[i], j)];
+                y[i*RQ_QK + j] = sv * w[j];
             }
 #endif
         }
