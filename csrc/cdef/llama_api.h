@@ -79,6 +79,9 @@ struct llama_model_params {
     ...;
 };
 
+struct ggml_tensor;
+typedef bool (*ggml_backend_sched_eval_callback)(struct ggml_tensor * t, bool ask, void * user_data);
+
 struct llama_context_params {
     uint32_t n_ctx;
     uint32_t n_batch;
@@ -90,6 +93,9 @@ struct llama_context_params {
     enum ggml_type type_k;
     enum ggml_type type_v;
     bool no_perf;
+    ggml_backend_sched_eval_callback cb_eval;
+    void * cb_eval_user_data;
+    const char * kv_policy;
     ...;
 };
 
@@ -237,6 +243,13 @@ struct rq_memory_bytes {
 };
 void rq_context_memory(const struct llama_context * ctx, struct rq_memory_bytes * out);
 void rq_log_silence(void);
+struct rq_capture;
+struct rq_capture * rq_capture_new(const char * prefixes_csv);
+void rq_capture_free(struct rq_capture * cap);
+void rq_capture_next_graph(struct rq_capture * cap);
+bool rq_capture_eval(struct ggml_tensor * t, bool ask, void * user_data);
+size_t rq_capture_get(const struct rq_capture * cap, const char * name, const float ** data, int64_t ne[4]);
+int rq_kv_policy_describe(const char * path, char * buf, size_t size);
 
 /* C logs reach Python through this callback (rotorquant/_logging.py). */
 extern "Python" void _rq_python_log(enum ggml_log_level level, const char * text, void * user_data);

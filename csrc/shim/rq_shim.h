@@ -2,13 +2,16 @@
 // Everything here is plain C so cffi can bind it; keep it thin.
 #pragma once
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 struct llama_context;
+struct ggml_tensor;
 
 // Bytes held by a context, summed over every buffer type (CPU and devices):
 // model weights, the context's own memory (KV cache and recurrent state)
@@ -25,6 +28,25 @@ void rq_context_memory(const struct llama_context * ctx, struct rq_memory_bytes 
 // and calls this at interpreter exit: a log line from a C destructor must not
 // call into a dead interpreter.
 void rq_log_silence(void);
+
+// Activation capture for KV calibration: a ggml_backend_sched_eval_callback that keeps,
+// as float32, every evaluated tensor named <prefix>-<layer> for the prefixes given
+// (e.g. "Qcur,Kcur,Vcur": upstream names the post-RoPE Q/K and V so).  Within one graph
+// the last tensor of a name wins (upstream names Kcur after reshape, norm and RoPE);
+// graphs separated by rq_capture_next_graph are appended along dimension 2 (tokens).
+// Decode one ubatch per graph (n_ubatch >= tokens per llama_decode call).
+struct rq_capture;
+struct rq_capture * rq_capture_new(const char * prefixes_csv);
+void rq_capture_free(struct rq_capture * cap);
+void rq_capture_next_graph(struct rq_capture * cap);
+bool rq_capture_eval(struct ggml_tensor * t, bool ask, void * user_data);
+// Floats held for `name` (0 if none); *data stays valid until the next capture or free.
+size_t rq_capture_get(const struct rq_capture * cap, const char * name, const float ** data, int64_t ne[4]);
+
+// Reads a KV policy file with the reader libllama uses (csrc/rotorquant/rq-kv-policy.cpp)
+// and writes a JSON summary of it to buf, or the reason it was refused.  Returns the
+// summary's length, or minus the reason's length; a result >= size means buf was too small.
+int rq_kv_policy_describe(const char * path, char * buf, size_t size);
 
 #ifdef __cplusplus
 }

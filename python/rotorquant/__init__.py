@@ -7,7 +7,7 @@
 >>> llm = Llama("model.gguf", cache_type_k="iso4", cache_type_v="iso3")
 """
 from . import cache_types, errors
-from .errors import ContextError, DecodeError, ModelLoadError, RotorQuantError
+from .errors import ContextError, DecodeError, KVPolicyError, ModelLoadError, RotorQuantError
 from .info import build_info
 from ._native import build_config
 from .llama import Llama
@@ -15,4 +15,4 @@ from .llama import Llama
 __version__ = build_config.VERSION
 
 __all__ = ["Llama", "build_info", "cache_types", "errors", "RotorQuantError", "ModelLoadError",
-           "ContextError", "DecodeError", "__version__"]
+           "ContextError", "DecodeError", "KVPolicyError", "__version__"]

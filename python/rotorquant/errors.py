@@ -27,3 +27,7 @@ class ContextError(RotorQuantError):
 
 class DecodeError(RotorQuantError):
     """llama_decode failed: context full, aborted, or a backend error."""
+
+
+class KVPolicyError(ValueError):
+    """A KV policy file is missing, malformed or does not fit the model."""

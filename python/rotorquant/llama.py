@@ -17,6 +17,7 @@ from ._logging import Capture
 from ._native import ffi, lib
 from .errors import ContextError, DecodeError, ModelLoadError
 from .gguf_check import check_gguf_path
+from .kvpolicy import locate as _kv_locate
 
 _FLASH_ATTN = {
     "auto": lib.LLAMA_FLASH_ATTN_TYPE_AUTO,
@@ -57,13 +58,19 @@ class Llama:
     context, ``n_gpu_layers=-1`` offloads every layer, ``flash_attn="auto"`` lets
     llama.cpp decide.  A quantized V cache needs flash attention, so
     ``flash_attn="off"`` with a quantized ``cache_type_v`` is refused up front.
+
+    ``kv_policy`` shapes a quantized cache per model (``rq-run calibrate`` writes one):
+    ``"auto"`` uses the model's policy file if there is one (``MODEL.kvpolicy.gguf``
+    or the user cache), a path uses that file, ``None`` uses none.  The policy in use
+    is ``self.kv_policy`` (a path or ``None``).
     """
 
     def __init__(self, model_path: "str | os.PathLike[str]", *, n_ctx: int = 0, n_batch: int = 512,
                  n_gpu_layers: int = 0, cache_type_k: "str | cache_types.CacheType" = "f16",
                  cache_type_v: "str | cache_types.CacheType" = "f16",
                  flash_attn: "str | bool" = "auto", seed: "int | None" = None,
-                 n_threads: "int | None" = None, verbose: bool = False, vocab_only: bool = False):
+                 n_threads: "int | None" = None, verbose: bool = False, vocab_only: bool = False,
+                 kv_policy: "str | os.PathLike[str] | None" = "auto"):
         self._model = ffi.NULL
         self._ctx = ffi.NULL
         self._generation = 0  # bumps on every generate(); stale streams stop
@@ -87,6 +94,10 @@ class Llama:
             raise ValueError(f"seed must be an integer in [0, 2**32 - 1), not {seed!r}")
         self.seed = seed
         self.model_path = path
+        self.kv_policy = None
+        if not vocab_only and (self.cache_type_k.quantized or self.cache_type_v.quantized or
+                               kv_policy not in (None, "auto", "none")):
+            self.kv_policy = _kv_locate.resolve(kv_policy, path)
         self.verbose = bool(verbose)
         if self.verbose:
             _enable_verbose_logging()
@@ -115,14 +126,21 @@ class Llama:
         cparams.type_k = self.cache_type_k.ggml_type
         cparams.type_v = self.cache_type_v.ggml_type
         cparams.no_perf = False
+        policy_path = ffi.new("char[]", os.fsencode(self.kv_policy)) if self.kv_policy else ffi.NULL
+        cparams.kv_policy = policy_path
+        self._context_params(cparams)
         with Capture() as cap:
             self._ctx = lib.llama_init_from_model(self._model, cparams)
         if self._ctx == ffi.NULL:
             self.close()
             raise ContextError(
                 f"could not create a context (n_ctx={n_ctx}, cache_type_k={self.cache_type_k}, "
-                f"cache_type_v={self.cache_type_v}, flash_attn={fa})", cap.reason())
+                f"cache_type_v={self.cache_type_v}, flash_attn={fa}, kv_policy={self.kv_policy})",
+                cap.reason())
         self.n_batch = int(lib.llama_n_batch(self._ctx))
+
+    def _context_params(self, cparams) -> None:
+        """Hook for subclasses that need more context parameters (e.g. an eval callback)."""
 
     # -- lifetime ----------------------------------------------------------
     def close(self) -> None:

@@ -2,6 +2,7 @@
 
     rq-run [--print-command] TOOL [tool arguments...]
     rq-run demo [--help]
+    rq-run calibrate MODEL [--help]
 
 Arguments after TOOL go to the tool unchanged, except for the checks in
 ``tool_args.prepare`` (cache-type names, flash attention for a quantized V
@@ -18,10 +19,13 @@ from .tool_args import TOOLS, ToolArgsError, prepare
 
 USAGE = f"""usage: rq-run [--print-command] TOOL [ARGS...]
        rq-run demo [--help]
+       rq-run calibrate MODEL [--help]
 
 Runs the llama.cpp tools bundled with rotorquant.  TOOL is one of:
   {', '.join(TOOLS)}
-and `demo`, which generates text with a quantized KV cache on an embedded model.
+and `demo`, which generates text with a quantized KV cache on an embedded model,
+and `calibrate`, which writes a model's KV policy (used automatically afterwards;
+`--kv-policy auto|none|FILE` chooses, default auto).
 
 options:
   --print-command  print the command line instead of running it
@@ -58,8 +62,11 @@ def main(argv: "list[str] | None" = None) -> int:
     if tool == "demo":
         from .demo import main as demo_main
         return demo_main(args)
+    if tool == "calibrate":
+        from .calibrate import main as calibrate_main
+        return calibrate_main(args)
     if tool not in TOOLS:
-        print(f"rq-run: unknown tool {tool!r}; choose one of: {', '.join([*TOOLS, 'demo'])}",
+        print(f"rq-run: unknown tool {tool!r}; choose one of: {', '.join([*TOOLS, 'demo', 'calibrate'])}",
               file=sys.stderr)
         return 2
     try:

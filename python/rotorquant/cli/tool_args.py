@@ -7,8 +7,11 @@ flags pass through untouched.
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 from .. import cache_types
+from ..errors import KVPolicyError
+from ..kvpolicy import locate
 
 # rq-run subcommand -> bundled binary
 TOOLS = {
@@ -31,6 +34,7 @@ _ATTENTION_TOOLS = {"cli", "server", "completion", "bench", "perplexity", "mtmd"
 _K_FLAGS = ("-ctk", "--cache-type-k", "-ctkd", "--cache-type-k-draft", "--spec-draft-type-k")
 _V_FLAGS = ("-ctv", "--cache-type-v", "-ctvd", "--cache-type-v-draft", "--spec-draft-type-v")
 _FA_FLAGS = ("-fa", "--flash-attn")
+_POLICY_FLAG = "--kv-policy"
 _FA_OFF = {"off", "0", "false", "disabled"}
 
 
@@ -64,6 +68,43 @@ def _cache_types_in(args: list[str], flags: tuple[str, ...], tool: str) -> list[
     return out
 
 
+def _without(args: list[str], flag: str) -> list[str]:
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == flag:
+            skip = True
+        elif not arg.startswith(flag + "="):
+            out.append(arg)
+    return out
+
+
+def _kv_policy(tool: str, args: list[str], types: list[cache_types.CacheType]) -> list[str]:
+    """Resolve ``--kv-policy auto|none|FILE`` (default auto) to the file the tool reads."""
+    given = _values(args, (_POLICY_FLAG,))
+    value = given[-1][1] if given else "auto"
+    args = _without(args, _POLICY_FLAG)
+    if tool == "bench":
+        if given:
+            raise ToolArgsError("llama-bench takes a KV policy from the environment: "
+                                "RQ_KV_POLICY=FILE rq-run bench ...")
+        return args
+    models = [value for _, value in _values(args, ("-m", "--model"))]
+    model = models[-1] if models else None
+    try:
+        if value.lower() == "auto":
+            quantized = any(t.quantized for t in types)
+            if not (quantized and model and Path(model).is_file()):
+                return args
+            path = locate.resolve("auto", model)
+        else:
+            path = locate.resolve(value, model or ".")
+    except KVPolicyError as exc:
+        raise ToolArgsError(str(exc)) from None
+    return args + [_POLICY_FLAG, str(path)] if path else args
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost" or host.endswith(".sock"):  # a unix socket is local too
         return True
@@ -80,14 +121,18 @@ def prepare(tool: str, args: list[str], env: "dict[str, str] | None" = None) -> 
     * a quantized V cache needs flash attention: it is switched on when ``-fa``
       is absent, and ``-fa off`` with it is an error;
     * ``server`` binds 127.0.0.1 unless ``--host`` says otherwise, and refuses a
-      non-loopback host without an API key.
+      non-loopback host without an API key;
+    * ``--kv-policy auto`` (the default) adds the model's KV policy file when one
+      exists (``rq-run calibrate`` writes it) and a cache type is quantized;
+      ``none`` adds nothing; a path must exist.
     """
     env = env or {}
     args = list(args)
     if tool not in _ATTENTION_TOOLS:
         return args
-    _cache_types_in(args, _K_FLAGS, tool)
+    k_types = _cache_types_in(args, _K_FLAGS, tool)
     v_types = _cache_types_in(args, _V_FLAGS, tool)
+    args = _kv_policy(tool, args, k_types + v_types)
     quantized_v = [t.name for t in v_types if t.needs_flash_attn]
     if quantized_v:
         fa = _values(args, _FA_FLAGS)
