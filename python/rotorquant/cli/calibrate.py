@@ -50,7 +50,7 @@ def main(argv: "list[str] | None" = None) -> int:
     try:
         import numpy  # noqa: F401
     except ImportError:
-        print("rq-run calibrate: error: needs numpy (pip install numpy)", file=sys.stderr)
+        print("rq-run calibrate: error: needs numpy (pip install 'rotorquant[calibrate]')", file=sys.stderr)
         return 2
     from .. import Llama, RotorQuantError, cache_types
     from ..kvpolicy import locate
