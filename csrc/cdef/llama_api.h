@@ -148,6 +148,7 @@ int32_t llama_detokenize(const struct llama_vocab * vocab, const llama_token * t
 struct llama_batch llama_batch_get_one(llama_token * tokens, int32_t n_tokens);
 int32_t llama_decode(struct llama_context * ctx, struct llama_batch batch);
 float * llama_get_logits_ith(struct llama_context * ctx, int32_t i);
+float * llama_get_logits(struct llama_context * ctx);
 size_t llama_state_get_size(struct llama_context * ctx);
 size_t llama_state_get_data(struct llama_context * ctx, uint8_t * dst, size_t size);
 size_t llama_state_set_data(struct llama_context * ctx, const uint8_t * src, size_t size);

@@ -18,7 +18,11 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="rq-run calibrate", description=__doc__.split("\n\n")[0])
     ap.add_argument("model", help="a GGUF file")
     ap.add_argument("--text", help="sample text file (default: a built-in mix of prose, code and numbers)")
-    ap.add_argument("--tokens", type=int, default=512, help="tokens of the sample to use (default 512)")
+    ap.add_argument("--tokens", type=int, default=512,
+                    help="tokens per window (default 512): the first window is measured layer by layer, "
+                         "the last one scores candidate policies end to end")
+    ap.add_argument("--no-measure", action="store_true",
+                    help="skip the end-to-end comparison of candidates (faster on big models)")
     ap.add_argument("-ctk", "--cache-type-k", default="iso3", help="base K type (default iso3)")
     ap.add_argument("-ctv", "--cache-type-v", default="iso3", help="base V type (default iso3)")
     ap.add_argument("--budget-bits", type=float, default=None,
@@ -54,8 +58,7 @@ def main(argv: "list[str] | None" = None) -> int:
         return 2
     from .. import Llama, RotorQuantError, cache_types
     from ..kvpolicy import locate
-    from ..kvpolicy.calibrate import calibrate
-    from ..kvpolicy.capture import capture
+    from ..kvpolicy.calibrate import calibrate_model
 
     def fail(msg: str) -> int:
         print(f"rq-run calibrate: error: {msg}", file=sys.stderr)
@@ -67,17 +70,19 @@ def main(argv: "list[str] | None" = None) -> int:
             return fail(f"--tokens {args.tokens}: use at least 64 tokens")
         text = Path(args.text).read_text("utf-8", errors="replace") if args.text else default_text()
         with Llama(args.model, vocab_only=True) as vocab:
-            tokens = vocab.tokenize(text)[:args.tokens]
+            tokens = vocab.tokenize(text)[:2 * args.tokens]
         if len(tokens) < 64:
             return fail(f"the sample has only {len(tokens)} tokens; give a longer --text")
         base_bits = (ctk.bits_per_element + ctv.bits_per_element) / 2
         budget = args.budget_bits if args.budget_bits is not None else base_bits + 0.25
         out = Path(args.output) if args.output else locate.default_output(args.model)
         print(f"calibrating {args.model} on {len(tokens)} tokens ...", flush=True)
-        layers, n_layer = capture(args.model, tokens, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers)
-        cal = calibrate(layers, n_layer, base_type_k=ctk.name, base_type_v=ctv.name, budget_bits=budget,
-                        centering=_TRI[args.centering], hadamard_k=_TRI[args.hadamard_k],
-                        hadamard_v=_TRI[args.hadamard_v], protect=not args.no_protect)
+        cal = calibrate_model(args.model, tokens, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
+                              window=min(args.tokens, len(tokens)), measure=not args.no_measure,
+                              base_type_k=ctk.name, base_type_v=ctv.name, budget_bits=budget,
+                              centering=_TRI[args.centering], hadamard_k=_TRI[args.hadamard_k],
+                              hadamard_v=_TRI[args.hadamard_v], protect=not args.no_protect)
+        n_layer = cal.policy.n_layer
         cal.policy.notes = f"rq-run calibrate: {len(tokens)} tokens, budget {budget} bits"
         cal.policy.write(out)
     except (OSError, ValueError, RotorQuantError) as exc:
@@ -85,7 +90,7 @@ def main(argv: "list[str] | None" = None) -> int:
 
     p = cal.policy
     onoff = lambda b: "on" if b else "off"  # noqa: E731
-    print(f"  attention layers : {len(layers)} of {n_layer}")
+    print(f"  attention layers : {len(cal.layer_errors)} of {n_layer}")
     print(f"  K centering      : {onoff(any(m is not None for m in p.k_center))}")
     print(f"  Hadamard K / V   : {onoff(p.attn_rot_k)} / {onoff(p.attn_rot_v)}")
     for kind, types in (("K", p.type_k), ("V", p.type_v)):
@@ -94,6 +99,9 @@ def main(argv: "list[str] | None" = None) -> int:
     print(f"  bits per element : {cal.bits_per_element:.3f} (budget {budget:g}; f16 = 16)")
     print(f"  predicted error  : {cal.error:.4f} attention-output MSE, summed over layers "
           f"(plain {ctk.name}/{ctv.name}: {cal.error_base:.4f}; f16: 0)")
+    if cal.measured:
+        print(f"  on held-out text : perplexity x{cal.measured.ppl_ratio:.3f} of f16, KL {cal.measured.kl:.4f} "
+              f"(plain {ctk.name}/{ctv.name}: x{cal.measured_plain.ppl_ratio:.3f}, KL {cal.measured_plain.kl:.4f})")
     print(f"wrote {out}")
     print(f"used automatically by `rq-run` and `Llama(...)` with -ctk {ctk.name} -ctv {ctv.name}"
           if out in (locate.sidecar_path(args.model), locate.cache_path(args.model))

@@ -9,9 +9,15 @@ changes the attention pattern) and puts K and V in one currency for the budget.
 
 Allocation: for each combination of K centering and K Hadamard, start every layer at
 the base types and repeatedly make the upgrade (layer, K or V, to a higher rung of
-3-bit -> 4-bit rotor -> q8_0 -> f16) that removes the most error per added bit, while
+3-bit -> 4-bit rotor -> q5_0 -> q8_0 -> f16) that removes the most error per added bit, while
 the average bits per element stays within the budget; keep the combination with the
 least total error.  V's Hadamard is chosen on V alone.
+
+The error model does not know how much a layer's V error costs the model relative to
+its K error (measured: less than the output error suggests).  ``calibrate_model``
+therefore builds candidates with V's error discounted by a few factors, runs each
+through the real engine on a held-out window of the sample, and keeps the one whose
+next-token distributions are closest (KL) to an f16 cache's.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import cache_types
-from .capture import LayerActivations
+from .capture import LayerActivations, capture
 from .fakequant import V_ROTATION_SIZE, k_rotation_size, rotate, roundtrip
 from .policy import KVPolicy
 
@@ -32,7 +38,7 @@ def ladder(base: str) -> list[str]:
     steps = [base]
     if base in _UPGRADES:
         steps.append(_UPGRADES[base])
-    for t in ("q8_0", "f16"):
+    for t in ("q5_0", "q8_0", "f16"):
         if cache_types.get(t).bits_per_element > cache_types.get(steps[-1]).bits_per_element:
             steps.append(t)
     return steps
@@ -100,6 +106,8 @@ class Calibration:
     error_base: float             # ... with the base types and no technique
     choices: dict = field(default_factory=dict)   # (center, hadamard) -> total error after allocation
     layer_errors: dict = field(default_factory=dict)  # il -> {"k": {type: err}, "v": {type: err}}
+    measured: "object | None" = None   # measure.SampleQuality of the policy on the held-out window
+    measured_plain: "object | None" = None  # ... of the plain base types
 
 
 def _allocate(errs_k, errs_v, ladder_k, ladder_v, n_k, n_v, budget):
@@ -135,10 +143,11 @@ def _allocate(errs_k, errs_v, ladder_k, ladder_v, n_k, n_v, budget):
 def calibrate(layers: "list[LayerActivations]", n_layer: int, *, base_type_k: str = "iso3",
               base_type_v: str = "iso3", budget_bits: float = 3.5, centering: "bool | None" = None,
               hadamard_k: "bool | None" = None, hadamard_v: "bool | None" = None,
-              protect: bool = True, n_queries: int = 192) -> Calibration:
+              protect: bool = True, n_queries: int = 192, v_weight: float = 1.0) -> Calibration:
     """Choose a policy from captured activations.  ``centering`` / ``hadamard_k`` /
     ``hadamard_v`` force a technique on or off (``None`` = measure and decide);
-    ``protect=False`` keeps every layer at the base types."""
+    ``protect=False`` keeps every layer at the base types; ``v_weight`` scales V's
+    errors against K's in the allocation."""
     for t in (base_type_k, base_type_v):
         if not cache_types.get(t).quantized:
             raise ValueError(f"calibration is for quantized cache types, not {t!r}")
@@ -164,7 +173,7 @@ def calibrate(layers: "list[LayerActivations]", n_layer: int, *, base_type_k: st
     errs_v_by = {h: {l.il: {tv: l.error(l.k, l.v_roundtrip(tv, h)) if l.v is not None else 0.0
                             for tv in ladder_v} for l in ls} for h in v_options}
     had_v = min(v_options, key=lambda h: sum(e[base_type_v] for e in errs_v_by[h].values()))
-    errs_v = errs_v_by[had_v]
+    errs_v = {il: {t: v_weight * e for t, e in d.items()} for il, d in errs_v_by[had_v].items()}
 
     combos = [(c, h) for c in ([centering] if centering is not None else [False, True])
               for h in ([hadamard_k] if hadamard_k is not None else [False, True])]
@@ -193,3 +202,39 @@ def calibrate(layers: "list[LayerActivations]", n_layer: int, *, base_type_k: st
     return Calibration(policy=policy, bits_per_element=bits, error=total, error_base=error_base,
                        choices={k: v[0] for k, v in results.items()},
                        layer_errors={i: {"k": errs_k[i], "v": errs_v[i]} for i in n_k})
+
+
+V_WEIGHTS = (3.0, 1.0, 0.3, 0.1)
+
+
+def calibrate_model(model_path, tokens: "list[int]", *, n_threads: "int | None" = None,
+                    n_gpu_layers: int = 0, window: int = 512, measure: bool = True, **kw) -> Calibration:
+    """Capture the first ``window`` tokens, build candidate policies, and (``measure``)
+    keep the one closest to f16 on the last ``window`` tokens of the sample."""
+    import tempfile
+    from pathlib import Path
+
+    from . import measure as m
+
+    layers, n_layer = capture(model_path, tokens[:window], n_threads=n_threads, n_gpu_layers=n_gpu_layers)
+    candidates = []
+    for w in (V_WEIGHTS if measure and kw.get("protect", True) else (1.0,)):
+        cal = calibrate(layers, n_layer, v_weight=w, **kw)
+        if not any(c.policy.type_k == cal.policy.type_k and c.policy.type_v == cal.policy.type_v and
+                   c.policy.attn_rot_k == cal.policy.attn_rot_k and c.policy.attn_rot_v == cal.policy.attn_rot_v
+                   for c in candidates):
+            candidates.append(cal)
+    if not measure:
+        return candidates[0]
+    held_out = tokens[-window:]
+    run = dict(n_threads=n_threads, n_gpu_layers=n_gpu_layers)
+    base = dict(cache_type_k=kw.get("base_type_k", "iso3"), cache_type_v=kw.get("base_type_v", "iso3"))
+    reference = m.scored_logprobs(model_path, held_out, kv_policy=None, **run)
+    plain = m.compare(reference, m.scored_logprobs(model_path, held_out, kv_policy=None, **base, **run), held_out)
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, cal in enumerate(candidates):
+            path = cal.policy.write(Path(tmp) / f"candidate-{i}.kvpolicy.gguf")
+            cal.measured = m.compare(reference, m.scored_logprobs(model_path, held_out, kv_policy=path,
+                                                                  **base, **run), held_out)
+            cal.measured_plain = plain
+    return min(candidates, key=lambda c: c.measured.kl)
