@@ -208,6 +208,17 @@ def test_calibrate_writes_a_policy_rq_run_and_llama_pick_up(rq_run, smollm2_mode
     assert np.linalg.norm(tuned - f16) < 0.7 * np.linalg.norm(plain - f16)
 
 
+def test_rq_run_suggests_calibrating_when_a_rotor_cache_has_no_policy(tiny_model):
+    from rotorquant.cli.tool_args import prepare
+    notes = []
+    prepare("cli", ["-m", str(tiny_model), "-ctk", "iso3", "-ctv", "iso3"], {}, notes)
+    assert len(notes) == 1 and "rq-run calibrate" in notes[0]
+    notes.clear()
+    prepare("cli", ["-m", str(tiny_model), "-ctk", "iso3", "--kv-policy", "none"], {}, notes)
+    prepare("cli", ["-m", str(tiny_model), "-ctk", "q8_0"], {}, notes)
+    assert notes == []
+
+
 def test_calibrate_reports_bad_input_clearly(rq_run, tiny_model, tmp_path):
     proc = run([rq_run, "calibrate", tmp_path / "nope.gguf"])
     assert proc.returncode == 2 and "nope.gguf" in proc.stderr

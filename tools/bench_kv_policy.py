@@ -83,8 +83,8 @@ def main() -> int:
         lines += [f"### {title}", "", "| K/V base | technique | bits/elem | PPL | vs f16 | mean KLD | target |",
                   "|---|---|---:|---:|---:|---:|---|"]
         with Llama(model, vocab_only=True) as vocab:
-            tokens = vocab.tokenize(default_text())[:1024]
-        layers, n_layer = capture(model, tokens[:512], n_threads=args.threads)
+            tokens = vocab.tokenize(default_text())[:2048]
+        layers, n_layer = capture(model, tokens[:1024], n_threads=args.threads)
         with tempfile.TemporaryDirectory() as tmp:
             base = Path(tmp) / "f16.kld"
             f16_ppl, _ = perplexity(model, text, base, "f16", "f16", args.threads, None, make_base=True)
@@ -114,10 +114,11 @@ def main() -> int:
     write_section("bench_kv_policy", [
         "## KV policy: K centering, Hadamard choice, sensitive-layer protection (issue 12)", "",
         f"Measured {time.strftime('%Y-%m-%d')} on 2 CPU cores with `{cmd.strip()}`. Policies are calibrated "
-        "on 512 tokens of the built-in sample text of `rq-run calibrate`, then scored with `llama-perplexity "
+        "on the built-in sample text of `rq-run calibrate` (never on SOTU), then scored with `llama-perplexity "
         "-c 512 --chunks 8 -fa on --kv-policy FILE` on the first 400 KB of the SOTU text (K really "
-        "quantized; KLD vs the f16-cache logits); the calibrated rows are what `rq-run calibrate` "
-        "writes (1,024 tokens: layer errors on the first 512, candidates compared end to end on the last 512).  Technique rows keep every layer at the base type "
+        "quantized; KLD vs the f16-cache logits).  The calibrated rows are what `rq-run calibrate` "
+        "writes: layer errors on the first 1,024 tokens of the sample, candidates compared end to end on "
+        "the next 1,024.  Technique rows keep every layer at the base type "
         "(the \"calibrated policy\" rows also choose each technique and spend the budget on sensitive "
         "layers).  Differences under ~2% are within the noise of 8 chunks.", ""] + lines)
     return 0

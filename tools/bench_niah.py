@@ -45,7 +45,7 @@ def main() -> int:
     words = Path(rq_assets.sotu_text()).read_text(errors="replace").split()
     rng = random.Random(0)
     with Llama(model, vocab_only=True) as vocab, tempfile.TemporaryDirectory() as tmp:
-        sample = vocab.tokenize(default_text())[:1024]
+        sample = vocab.tokenize(default_text())[:2048]
         policies = {}
         for ct in ("iso3", "iso4"):
             cal = calibrate_model(model, sample, n_threads=args.threads, base_type_k=ct, base_type_v=ct,

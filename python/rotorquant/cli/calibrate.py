@@ -18,9 +18,9 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="rq-run calibrate", description=__doc__.split("\n\n")[0])
     ap.add_argument("model", help="a GGUF file")
     ap.add_argument("--text", help="sample text file (default: a built-in mix of prose, code and numbers)")
-    ap.add_argument("--tokens", type=int, default=512,
-                    help="tokens per window (default 512): the first window is measured layer by layer, "
-                         "the last one scores candidate policies end to end")
+    ap.add_argument("--tokens", type=int, default=1024,
+                    help="tokens measured layer by layer (default 1024); up to 1024 more score the "
+                         "candidate policies end to end")
     ap.add_argument("--no-measure", action="store_true",
                     help="skip the end-to-end comparison of candidates (faster on big models)")
     ap.add_argument("-ctk", "--cache-type-k", default="iso3", help="base K type (default iso3)")
@@ -70,7 +70,7 @@ def main(argv: "list[str] | None" = None) -> int:
             return fail(f"--tokens {args.tokens}: use at least 64 tokens")
         text = Path(args.text).read_text("utf-8", errors="replace") if args.text else default_text()
         with Llama(args.model, vocab_only=True) as vocab:
-            tokens = vocab.tokenize(text)[:2 * args.tokens]
+            tokens = vocab.tokenize(text)[:args.tokens + 1024]
         if len(tokens) < 64:
             return fail(f"the sample has only {len(tokens)} tokens; give a longer --text")
         base_bits = (ctk.bits_per_element + ctv.bits_per_element) / 2
@@ -78,7 +78,7 @@ def main(argv: "list[str] | None" = None) -> int:
         out = Path(args.output) if args.output else locate.default_output(args.model)
         print(f"calibrating {args.model} on {len(tokens)} tokens ...", flush=True)
         cal = calibrate_model(args.model, tokens, n_threads=args.threads, n_gpu_layers=args.n_gpu_layers,
-                              window=min(args.tokens, len(tokens)), measure=not args.no_measure,
+                              window=min(args.tokens, len(tokens) // 2), measure=not args.no_measure,
                               base_type_k=ctk.name, base_type_v=ctv.name, budget_bits=budget,
                               centering=_TRI[args.centering], hadamard_k=_TRI[args.hadamard_k],
                               hadamard_v=_TRI[args.hadamard_v], protect=not args.no_protect)

@@ -70,7 +70,10 @@ def main(argv: "list[str] | None" = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        args = prepare(tool, args, dict(os.environ))
+        notes: list[str] = []
+        args = prepare(tool, args, dict(os.environ), notes)
+        for note in notes:
+            print(f"rq-run {tool}: note: {note}", file=sys.stderr)
         cmd = [tool_path(tool), *args]
     except (ToolArgsError, FileNotFoundError) as exc:
         print(f"rq-run {tool}: error: {exc}", file=sys.stderr)

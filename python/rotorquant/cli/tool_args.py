@@ -80,7 +80,7 @@ def _without(args: list[str], flag: str) -> list[str]:
     return out
 
 
-def _kv_policy(tool: str, args: list[str], types: list[cache_types.CacheType]) -> list[str]:
+def _kv_policy(tool: str, args: list[str], types: list[cache_types.CacheType], notes: list[str]) -> list[str]:
     """Resolve ``--kv-policy auto|none|FILE`` (default auto) to the file the tool reads."""
     given = _values(args, (_POLICY_FLAG,))
     value = given[-1][1] if given else "auto"
@@ -98,6 +98,9 @@ def _kv_policy(tool: str, args: list[str], types: list[cache_types.CacheType]) -
             if not (quantized and model and Path(model).is_file()):
                 return args
             path = locate.resolve("auto", model)
+            if path is None and any(t.rotorquant for t in types):
+                notes.append(f"no KV policy for {model}: 3-bit K can cost 1.2-2.5x perplexity without one; "
+                             f"`rq-run calibrate {model}` writes it once (--kv-policy none hides this note)")
         else:
             path = locate.resolve(value, model or ".")
     except KVPolicyError as exc:
@@ -114,7 +117,8 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def prepare(tool: str, args: list[str], env: "dict[str, str] | None" = None) -> list[str]:
+def prepare(tool: str, args: list[str], env: "dict[str, str] | None" = None,
+            notes: "list[str] | None" = None) -> list[str]:
     """Return the argument list to run ``tool`` with, or raise ``ToolArgsError``.
 
     * ``-ctk``/``-ctv`` (and the draft-model variants) must name a known cache type;
@@ -124,7 +128,8 @@ def prepare(tool: str, args: list[str], env: "dict[str, str] | None" = None) -> 
       non-loopback host without an API key;
     * ``--kv-policy auto`` (the default) adds the model's KV policy file when one
       exists (``rq-run calibrate`` writes it) and a cache type is quantized;
-      ``none`` adds nothing; a path must exist.
+      ``none`` adds nothing; a path must exist.  Advice for the user (e.g. that a rotor
+      cache has no policy yet) is appended to ``notes``.
     """
     env = env or {}
     args = list(args)
@@ -132,7 +137,7 @@ def prepare(tool: str, args: list[str], env: "dict[str, str] | None" = None) -> 
         return args
     k_types = _cache_types_in(args, _K_FLAGS, tool)
     v_types = _cache_types_in(args, _V_FLAGS, tool)
-    args = _kv_policy(tool, args, k_types + v_types)
+    args = _kv_policy(tool, args, k_types + v_types, notes if notes is not None else [])
     quantized_v = [t.name for t in v_types if t.needs_flash_attn]
     if quantized_v:
         fa = _values(args, _FA_FLAGS)

@@ -15,7 +15,8 @@ least total error.  V's Hadamard is chosen on V alone.
 
 The error model does not know how much a layer's V error costs the model relative to
 its K error (measured: less than the output error suggests).  ``calibrate_model``
-therefore builds candidates with V's error discounted by a few factors, runs each
+therefore builds candidates with V's error weighted by a few factors (and with and
+without the q5_0 rung, i.e. many small upgrades or a few large ones), runs each
 through the real engine on a held-out window of the sample, and keeps the one whose
 next-token distributions are closest (KL) to an f16 cache's.
 """
@@ -33,12 +34,15 @@ from .policy import KVPolicy
 _UPGRADES = {"planar3": "planar4", "iso3": "iso4"}
 
 
-def ladder(base: str) -> list[str]:
+RUNGS = ("q5_0", "q8_0", "f16")
+
+
+def ladder(base: str, rungs: "tuple[str, ...]" = RUNGS) -> list[str]:
     """Cache types a layer may be raised to, cheapest first."""
     steps = [base]
     if base in _UPGRADES:
         steps.append(_UPGRADES[base])
-    for t in ("q5_0", "q8_0", "f16"):
+    for t in rungs:
         if cache_types.get(t).bits_per_element > cache_types.get(steps[-1]).bits_per_element:
             steps.append(t)
     return steps
@@ -143,11 +147,13 @@ def _allocate(errs_k, errs_v, ladder_k, ladder_v, n_k, n_v, budget):
 def calibrate(layers: "list[LayerActivations]", n_layer: int, *, base_type_k: str = "iso3",
               base_type_v: str = "iso3", budget_bits: float = 3.5, centering: "bool | None" = None,
               hadamard_k: "bool | None" = None, hadamard_v: "bool | None" = None,
-              protect: bool = True, n_queries: int = 192, v_weight: float = 1.0) -> Calibration:
+              protect: bool = True, n_queries: int = 192, v_weight: float = 1.0,
+              rungs: "tuple[str, ...]" = RUNGS) -> Calibration:
     """Choose a policy from captured activations.  ``centering`` / ``hadamard_k`` /
     ``hadamard_v`` force a technique on or off (``None`` = measure and decide);
     ``protect=False`` keeps every layer at the base types; ``v_weight`` scales V's
-    errors against K's in the allocation."""
+    errors against K's in the allocation; ``rungs`` are the types above the 4-bit rotor
+    type that a layer may be raised to."""
     for t in (base_type_k, base_type_v):
         if not cache_types.get(t).quantized:
             raise ValueError(f"calibration is for quantized cache types, not {t!r}")
@@ -158,7 +164,7 @@ def calibrate(layers: "list[LayerActivations]", n_layer: int, *, base_type_k: st
     ls = [_Layer(a, queries) for a in layers]
     n_k = {l.il: l.k.shape[1] * l.k.shape[2] for l in ls}
     n_v = {l.il: (l.v.shape[1] * l.v.shape[2] if l.v is not None else 0) for l in ls}
-    ladder_k, ladder_v = ladder(base_type_k), ladder(base_type_v)
+    ladder_k, ladder_v = ladder(base_type_k, rungs), ladder(base_type_v, rungs)
     bits_floor = sum(cache_types.get(base_type_k).bits_per_element * n_k[i] +
                      cache_types.get(base_type_v).bits_per_element * n_v[i] for i in n_k) / \
         sum(n_k[i] + n_v[i] for i in n_k)
@@ -205,12 +211,13 @@ def calibrate(layers: "list[LayerActivations]", n_layer: int, *, base_type_k: st
 
 
 V_WEIGHTS = (3.0, 1.0, 0.3, 0.1)
+LADDERS = (RUNGS, ("q8_0", "f16"))  # with q5_0: many small upgrades; without: a few large ones
 
 
 def calibrate_model(model_path, tokens: "list[int]", *, n_threads: "int | None" = None,
-                    n_gpu_layers: int = 0, window: int = 512, measure: bool = True, **kw) -> Calibration:
+                    n_gpu_layers: int = 0, window: int = 1024, measure: bool = True, **kw) -> Calibration:
     """Capture the first ``window`` tokens, build candidate policies, and (``measure``)
-    keep the one closest to f16 on the last ``window`` tokens of the sample."""
+    keep the one closest to f16 on the rest of the sample, scored in 512-token windows."""
     import tempfile
     from pathlib import Path
 
@@ -218,23 +225,30 @@ def calibrate_model(model_path, tokens: "list[int]", *, n_threads: "int | None" 
 
     layers, n_layer = capture(model_path, tokens[:window], n_threads=n_threads, n_gpu_layers=n_gpu_layers)
     candidates = []
-    for w in (V_WEIGHTS if measure and kw.get("protect", True) else (1.0,)):
-        cal = calibrate(layers, n_layer, v_weight=w, **kw)
+    variants = [(w, r) for r in LADDERS for w in V_WEIGHTS] if measure and kw.get("protect", True) else [(1.0, RUNGS)]
+    for w, r in variants:
+        cal = calibrate(layers, n_layer, v_weight=w, rungs=r, **kw)
         if not any(c.policy.type_k == cal.policy.type_k and c.policy.type_v == cal.policy.type_v and
                    c.policy.attn_rot_k == cal.policy.attn_rot_k and c.policy.attn_rot_v == cal.policy.attn_rot_v
                    for c in candidates):
             candidates.append(cal)
     if not measure:
         return candidates[0]
-    held_out = tokens[-window:]
+    rest = tokens[window:]
+    windows = [rest[i:i + 512] for i in range(0, len(rest) - 255, 512)] or [tokens[-min(512, len(tokens)):]]
     run = dict(n_threads=n_threads, n_gpu_layers=n_gpu_layers)
     base = dict(cache_type_k=kw.get("base_type_k", "iso3"), cache_type_v=kw.get("base_type_v", "iso3"))
-    reference = m.scored_logprobs(model_path, held_out, kv_policy=None, **run)
-    plain = m.compare(reference, m.scored_logprobs(model_path, held_out, kv_policy=None, **base, **run), held_out)
+    refs = [m.scored_logprobs(model_path, w, kv_policy=None, **run) for w in windows]
+
+    def quality(**llama_kw):
+        qs = [m.compare(ref, m.scored_logprobs(model_path, w, **llama_kw, **base, **run), w)
+              for ref, w in zip(refs, windows)]
+        return m.SampleQuality(kl=float(np.mean([q.kl for q in qs])),
+                               ppl_ratio=float(np.exp(np.mean([np.log(q.ppl_ratio) for q in qs]))))
+
+    plain = quality(kv_policy=None)
     with tempfile.TemporaryDirectory() as tmp:
         for i, cal in enumerate(candidates):
-            path = cal.policy.write(Path(tmp) / f"candidate-{i}.kvpolicy.gguf")
-            cal.measured = m.compare(reference, m.scored_logprobs(model_path, held_out, kv_policy=path,
-                                                                  **base, **run), held_out)
+            cal.measured = quality(kv_policy=cal.policy.write(Path(tmp) / f"candidate-{i}.kvpolicy.gguf"))
             cal.measured_plain = plain
     return min(candidates, key=lambda c: c.measured.kl)
