@@ -3,13 +3,12 @@
 A policy file is written by `rq-run calibrate`, read by libllama, and found automatically
 by `rq-run` and `Llama(kv_policy="auto")`.
 """
-import shutil
 
 import numpy as np
 import pytest
 
 from conftest import run
-from rotorquant import ContextError, KVPolicyError, Llama, cache_types
+from rotorquant import ContextError, KVPolicyError, Llama
 from rotorquant.kvpolicy import locate
 from rotorquant.kvpolicy.calibrate import calibrate, ladder
 from rotorquant.kvpolicy.capture import capture
