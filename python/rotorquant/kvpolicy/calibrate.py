@@ -60,8 +60,7 @@ class _Layer:
         self.scale = 1.0 / np.sqrt(d)
         self.q = act.q[queries].transpose(1, 0, 2)  # [n_head, nq, d]
         self.mask = np.where(np.arange(t)[None, :] <= queries[:, None], 0.0, -np.inf).astype(np.float32)
-        self.v_ref = act.v if act.v is not None else None
-        self.out = self._attend(self.k, self.v_ref) if self.v_ref is not None else None
+        self.out = self._attend(self.k, self.v) if self.v is not None else None
         self.norm = float(np.sum(self.out ** 2)) if self.out is not None else 0.0
         self.mu = act.k.mean(axis=0)  # [n_kv, d]: per head, per channel
 
