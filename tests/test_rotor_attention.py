@@ -9,32 +9,7 @@ import pytest
 
 from rotorquant._native import ffi, lib
 
-OURS = ("planar3", "iso3", "planar4", "iso4")
-
-
-def gtype(name):
-    return getattr(lib, "GGML_TYPE_" + name.upper())
-
-
-def encode(x: np.ndarray, name: str) -> bytes:
-    """Rows of x (last axis) in ggml type `name`."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    n_per_row, nrows = x.shape[-1], x.size // x.shape[-1]
-    t = gtype(name)
-    size = nrows * n_per_row // lib.ggml_blck_size(t) * lib.ggml_type_size(t)
-    out = ffi.new("char[]", size)
-    src = ffi.from_buffer("float[]", x)
-    if name in OURS:
-        assert lib.rq_quantize(t, src, out, nrows, n_per_row) == size
-    else:
-        assert lib.ggml_quantize_chunk(t, src, out, 0, nrows, n_per_row, ffi.NULL) == size
-    return ffi.unpack(out, size)
-
-
-def decode(data: bytes, name: str, shape) -> np.ndarray:
-    y = np.empty(shape, dtype=np.float32)
-    lib.ggml_get_type_traits(gtype(name)).to_float(data, ffi.from_buffer("float[]", y), y.size)
-    return y
+from ggml_ops import OURS, attention, decode, encode, gtype, nmse
 
 
 def ggml_flash_attn(q, k_bytes, v_bytes, k_type, v_type, n_kv, n_head_kv, scale, n_threads=2):
@@ -56,21 +31,6 @@ def ggml_flash_attn(q, k_bytes, v_bytes, k_type, v_type, n_kv, n_head_kv, scale,
         return res.reshape(n_q, n_head, d)
     finally:
         lib.ggml_free(ctx)
-
-
-def attention(q, k, v, scale):
-    n_head, n_kv_heads = q.shape[0], k.shape[0]
-    out = np.empty((q.shape[1], n_head, q.shape[2]))
-    for h in range(n_head):
-        kh, vh = k[h // (n_head // n_kv_heads)].astype(np.float64), v[h // (n_head // n_kv_heads)].astype(np.float64)
-        s = scale * q[h].astype(np.float64) @ kh.T
-        p = np.exp(s - s.max(axis=1, keepdims=True))
-        out[:, h, :] = (p / p.sum(axis=1, keepdims=True)) @ vh
-    return out
-
-
-def nmse(a, b):
-    return float(np.sum((a - b) ** 2) / np.sum(b ** 2))
 
 
 # Quantisation error of the attention output vs f32 K/V (random data, measured ~0.5x these).

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from test_rotor_attention import encode, gtype  # noqa: E402
+from ggml_ops import encode, gtype  # noqa: E402
 from rotorquant._native import ffi, lib  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

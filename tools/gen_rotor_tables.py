@@ -2,7 +2,7 @@
 """Generate the RotorQuant rotation tables and codebooks: the single source of truth.
 
 Writes
-  csrc/rotorquant/rq-tables.h            included by every backend (CPU now, CUDA next)
+  csrc/rotorquant/rq-tables.h            included by every backend (CPU, CUDA)
   python/rotorquant/rotor/_tables.py     the same numbers for the Python reference
 
 Everything is derived here, deterministically, with the standard library only:
@@ -158,20 +158,27 @@ def render_header(t: dict) -> str:
 #define RQ_QK {QK}
 #define RQ_TABLE_SEED 0x{SEED:X}ULL
 
+// Storage of the tables: host code keeps them static const; a CUDA translation unit
+// defines RQ_TABLE as `static __constant__` before including this header, so every
+// backend reads the very same numbers.
+#ifndef RQ_TABLE
+#define RQ_TABLE static const
+#endif
+
 // planar: pair p of a block is rotated by angle theta_p (cos, sin).
-static const float rq_planar_cos[RQ_QK / 2] = {{ {_floats(t['cos'])} }};
-static const float rq_planar_sin[RQ_QK / 2] = {{ {_floats(t['sin'])} }};
+RQ_TABLE float rq_planar_cos[RQ_QK / 2] = {{ {_floats(t['cos'])} }};
+RQ_TABLE float rq_planar_sin[RQ_QK / 2] = {{ {_floats(t['sin'])} }};
 
 // iso: quartet g of a block is left-multiplied by the unit quaternion (w, x, y, z).
-static const float rq_iso_quat[RQ_QK / 4][4] = {{
+RQ_TABLE float rq_iso_quat[RQ_QK / 4][4] = {{
     {quat_rows}
 }};
 
 // Codebooks (sorted) and decision thresholds: index = number of thresholds < y.
-static const float rq_levels3[8]  = {{ {_floats(t['c3'])} }};
-static const float rq_bounds3[7]  = {{ {_floats(t['m3'])} }};
-static const float rq_levels4[16] = {{ {_floats(t['c4'])} }};
-static const float rq_bounds4[15] = {{ {_floats(t['m4'])} }};
+RQ_TABLE float rq_levels3[8]  = {{ {_floats(t['c3'])} }};
+RQ_TABLE float rq_bounds3[7]  = {{ {_floats(t['m3'])} }};
+RQ_TABLE float rq_levels4[16] = {{ {_floats(t['c4'])} }};
+RQ_TABLE float rq_bounds4[15] = {{ {_floats(t['m4'])} }};
 """
 
 

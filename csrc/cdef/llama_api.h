@@ -15,7 +15,7 @@ enum ggml_type {
     GGML_TYPE_Q8_0 = ..., GGML_TYPE_Q4_0 = ..., GGML_TYPE_Q4_1 = ...,
     GGML_TYPE_IQ4_NL = ..., GGML_TYPE_Q5_0 = ..., GGML_TYPE_Q5_1 = ...,
     GGML_TYPE_PLANAR3 = ..., GGML_TYPE_ISO3 = ..., GGML_TYPE_PLANAR4 = ..., GGML_TYPE_ISO4 = ...,
-    GGML_TYPE_PLANAR_F32 = ..., GGML_TYPE_ISO_F32 = ..., GGML_TYPE_I32 = ...,
+    GGML_TYPE_PLANAR_F32 = ..., GGML_TYPE_ISO_F32 = ..., GGML_TYPE_I32 = ..., GGML_TYPE_I64 = ...,
     GGML_TYPE_COUNT = ...,
     ...
 };
@@ -203,7 +203,7 @@ void rq_vec_mad_rq4(int n, float * acc, const void * v, float scale);
 void rq_vec_mad_rq3_ref(int n, float * acc, const void * v, float scale);
 void rq_vec_mad_rq4_ref(int n, float * acc, const void * v, float scale);
 
-/* ---- a minimal ggml graph API: lets tests run single ops on the CPU ------- */
+/* ---- a minimal ggml graph API: lets tests run single ops ------------------ */
 struct ggml_init_params {
     size_t mem_size;
     void * mem_buffer;
@@ -235,6 +235,24 @@ enum ggml_status ggml_graph_compute_with_ctx(struct ggml_context * ctx, struct g
 size_t ggml_nbytes(const struct ggml_tensor * tensor);
 size_t ggml_quantize_chunk(enum ggml_type type, const float * src, void * dst, int64_t start,
                            int64_t nrows, int64_t n_per_row, const float * imatrix);
+struct ggml_tensor * ggml_set_rows(struct ggml_context * ctx, struct ggml_tensor * a, struct ggml_tensor * b,
+                                   struct ggml_tensor * c);
+struct ggml_tensor * ggml_view_4d(struct ggml_context * ctx, struct ggml_tensor * a, int64_t ne0, int64_t ne1,
+                                  int64_t ne2, int64_t ne3, size_t nb1, size_t nb2, size_t nb3, size_t offset);
+size_t ggml_tensor_overhead(void);
+size_t ggml_graph_overhead(void);
+
+/* ...and on any backend device (tests compare CUDA with the CPU through these) */
+typedef struct ggml_backend * ggml_backend_t;
+typedef struct ggml_backend_buffer * ggml_backend_buffer_t;
+ggml_backend_t ggml_backend_dev_init(ggml_backend_dev_t device, const char * params);
+void ggml_backend_free(ggml_backend_t backend);
+bool ggml_backend_supports_op(ggml_backend_t backend, const struct ggml_tensor * op);
+ggml_backend_buffer_t ggml_backend_alloc_ctx_tensors(struct ggml_context * ctx, ggml_backend_t backend);
+void ggml_backend_buffer_free(ggml_backend_buffer_t buffer);
+void ggml_backend_tensor_set(struct ggml_tensor * tensor, const void * data, size_t offset, size_t size);
+void ggml_backend_tensor_get(const struct ggml_tensor * tensor, void * data, size_t offset, size_t size);
+enum ggml_status ggml_backend_graph_compute(ggml_backend_t backend, struct ggml_cgraph * cgraph);
 
 /* ---- rotorquant shim (csrc/shim/rq_shim.h) ------------------------------- */
 struct rq_memory_bytes {

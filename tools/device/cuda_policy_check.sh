@@ -1,20 +1,12 @@
 #!/usr/bin/env bash
-# On a GPU machine without network: build with CUDA (as cuda_smoke.sh), then check that a
+# On a GPU machine without network: build with CUDA (cuda_build.sh), then check that a
 # KV policy gives the same logits on CPU and CUDA and survives a K-shift on the GPU.
-#   carry: .carry (upstream.tar.gz, gen_synth_gguf.py), .whl;  usage: bash tools/device/cuda_policy_check.sh
+#   carry: .carry, .whl (as cuda_build.sh);  usage: bash tools/device/cuda_policy_check.sh
 set -euo pipefail
-out=${OUT:-/tmp/rq-out}
-mkdir -p "$out"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site
-[ -f vendor/llama-cpp-turboquant/llama.cpp/.rotorquant-stamp.json ] || tar -xzf .carry/upstream.tar.gz -C vendor/llama-cpp-turboquant/
-start=$(date +%s)
-CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90" \
-    python3 -m pip install --no-build-isolation --no-deps -q . 2>&1 | tail -5
-echo "build_seconds=$(( $(date +%s) - start ))" | tee "$out/build.txt"
+source tools/device/cuda_build.sh 90
 repo=$PWD
 cd /tmp
-python3 "$repo/.carry/gen_synth_gguf.py" llama-1b /tmp/l1b.gguf --gguf-py /tmp/site >/dev/null
+python3 "$repo/tools/device/gen_synth_gguf.py" llama-1b /tmp/l1b.gguf --gguf-py "$repo/vendor/llama-cpp-turboquant/llama.cpp/gguf-py" >/dev/null
 python3 -c "import numpy" 2>/dev/null || { echo "numpy missing"; exit 1; }
 python3 "$repo/tools/device/policy_crosscheck.py" /tmp/l1b.gguf "$out" 2>&1 | grep -v "^load" | tail -12
 bin=$(python3 -c "import rotorquant._native as n; print(n.BIN_DIR)")

@@ -1,0 +1,205 @@
+// CUDA codecs of the RotorQuant cache types: SET_ROWS, CPY to/from F32, to_fp16/to_fp32
+// (see rq-cuda.h).  Flash attention is in rq-cuda-fattn.cu.
+#include "rq-cuda-codec.cuh"
+#include "rq-cuda.h"
+
+// ---- quantising: SET_ROWS and CPY F32 -> rotor (one thread per 64-value block) -----------
+
+template <int bits, bool iso>
+static __global__ void rq_k_set_rows(const char * __restrict__ src0, const char * __restrict__ src1, char * __restrict__ dst,
+                                     const bool idx64, const int64_t n_blocks,
+                                     const int64_t ne00, const int64_t ne01, const int64_t ne02,
+                                     const int64_t nb01, const int64_t nb02, const int64_t nb03,
+                                     const int64_t ne11, const int64_t ne12,
+                                     const int64_t nb10, const int64_t nb11, const int64_t nb12,
+                                     const int64_t nb1, const int64_t nb2, const int64_t nb3) {
+    const int64_t ib = (int64_t) blockDim.x*blockIdx.x + threadIdx.x;
+    if (ib >= n_blocks) {
+        return;
+    }
+    const int64_t bpr = ne00 / RQ_QK;  // blocks per row
+    const int64_t i00 = (ib % bpr) * RQ_QK;
+    int64_t r = ib / bpr;
+    const int64_t i01 = r % ne01; r /= ne01;
+    const int64_t i02 = r % ne02;
+    const int64_t i03 = r / ne02;
+
+    const char * idx_p = src1 + i01*nb10 + (i02 % ne11)*nb11 + (i03 % ne12)*nb12;
+    const int64_t dst_row = idx64 ? *(const int64_t *) idx_p : (int64_t) *(const int32_t *) idx_p;
+
+    const float * x = (const float *) (src0 + i01*nb01 + i02*nb02 + i03*nb03) + i00;
+    uint8_t * y = (uint8_t *) (dst + dst_row*nb1 + i02*nb2 + i03*nb3) + (i00 / RQ_QK) * rq_block_bytes<bits>();
+    rq_quantize_block<bits, iso>(x, y);
+}
+
+#define RQ_CUDA_BLOCK 64
+
+template <int bits, bool iso>
+static void rq_set_rows_launch(const ggml_tensor * src0, const ggml_tensor * src1, ggml_tensor * dst, cudaStream_t stream) {
+    const int64_t n_blocks = ggml_nelements(src0) / RQ_QK;
+    if (n_blocks == 0) {
+        return;
+    }
+    const int64_t grid = (n_blocks + RQ_CUDA_BLOCK - 1) / RQ_CUDA_BLOCK;
+    rq_k_set_rows<bits, iso><<<grid, RQ_CUDA_BLOCK, 0, stream>>>(
+        (const char *) src0->data, (const char *) src1->data, (char *) dst->data,
+        src1->type == GGML_TYPE_I64, n_blocks,
+        src0->ne[0], src0->ne[1], src0->ne[2], src0->nb[1], src0->nb[2], src0->nb[3],
+        src1->ne[1], src1->ne[2], src1->nb[0], src1->nb[1], src1->nb[2],
+        dst->nb[1], dst->nb[2], dst->nb[3]);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+void rq_cuda_set_rows(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, const ggml_tensor * src1, ggml_tensor * dst) {
+    GGML_ASSERT(src0->type == GGML_TYPE_F32 && src0->nb[0] == sizeof(float) && src0->ne[0] % RQ_QK == 0);
+    GGML_ASSERT(src1->type == GGML_TYPE_I32 || src1->type == GGML_TYPE_I64);
+    cudaStream_t stream = ctx.stream();
+    switch (dst->type) {
+        case GGML_TYPE_PLANAR3: rq_set_rows_launch<3, false>(src0, src1, dst, stream); break;
+        case GGML_TYPE_ISO3:    rq_set_rows_launch<3, true >(src0, src1, dst, stream); break;
+        case GGML_TYPE_PLANAR4: rq_set_rows_launch<4, false>(src0, src1, dst, stream); break;
+        case GGML_TYPE_ISO4:    rq_set_rows_launch<4, true >(src0, src1, dst, stream); break;
+        default: GGML_ABORT("rq_cuda_set_rows: %s is not a rotor type", ggml_type_name(dst->type));
+    }
+}
+
+// Element i of a tensor -> byte offset, for ggml's row-major 4-D layout.
+struct rq_layout {
+    int64_t ne0, ne1, ne2;
+    int64_t nb0, nb1, nb2, nb3;
+};
+
+static __device__ __forceinline__ int64_t rq_offset(const rq_layout & l, const int64_t i, const int64_t blck, const int64_t ts) {
+    const int64_t i0 = i % l.ne0;
+    int64_t r = i / l.ne0;
+    const int64_t i1 = r % l.ne1; r /= l.ne1;
+    const int64_t i2 = r % l.ne2;
+    const int64_t i3 = r / l.ne2;
+    return (i0 / blck)*ts + i1*l.nb1 + i2*l.nb2 + i3*l.nb3;
+}
+
+static rq_layout rq_layout_of(const ggml_tensor * t) {
+    return { t->ne[0], t->ne[1], t->ne[2], (int64_t) t->nb[0], (int64_t) t->nb[1], (int64_t) t->nb[2], (int64_t) t->nb[3] };
+}
+
+// CPY F32 -> rotor: block b covers elements 64 b .. 64 b + 63 of both tensors (row-major order).
+template <int bits, bool iso>
+static __global__ void rq_k_cpy_from_f32(const char * __restrict__ src, char * __restrict__ dst, const int64_t n_blocks,
+                                         const rq_layout ls, const rq_layout ld) {
+    const int64_t ib = (int64_t) blockDim.x*blockIdx.x + threadIdx.x;
+    if (ib >= n_blocks) {
+        return;
+    }
+    const float * x = (const float *) (src + rq_offset(ls, ib*RQ_QK, 1, ls.nb0));
+    uint8_t * y = (uint8_t *) (dst + rq_offset(ld, ib*RQ_QK, RQ_QK, rq_block_bytes<bits>()));
+    rq_quantize_block<bits, iso>(x, y);
+}
+
+// Decode to float/half: one thread per quartet (16 per block), so writes coalesce.
+template <int bits, bool iso, typename dst_t>
+static __global__ void rq_k_decode(const char * __restrict__ src, char * __restrict__ dst, const int64_t n_quartets,
+                                   const rq_layout ls, const rq_layout ld) {
+    const int64_t iq = (int64_t) blockDim.x*blockIdx.x + threadIdx.x;
+    if (iq >= n_quartets) {
+        return;
+    }
+    const int64_t i = iq*4;
+    const uint8_t * blk = (const uint8_t *) (src + rq_offset(ls, i, RQ_QK, rq_block_bytes<bits>()));
+    float y[4];
+    rq_decode_quartet<bits>(iso, blk, (int) ((i % RQ_QK) / 4), y);
+    dst_t * out = (dst_t *) (dst + rq_offset(ld, i, 1, ld.nb0));
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+        out[e] = ggml_cuda_cast<dst_t>(y[e]);
+    }
+}
+
+template <int bits, bool iso>
+static void rq_cpy_from_f32_launch(const ggml_tensor * src, ggml_tensor * dst, cudaStream_t stream) {
+    const int64_t n_blocks = ggml_nelements(src) / RQ_QK;
+    const int64_t grid = (n_blocks + RQ_CUDA_BLOCK - 1) / RQ_CUDA_BLOCK;
+    if (n_blocks > 0) {
+        rq_k_cpy_from_f32<bits, iso><<<grid, RQ_CUDA_BLOCK, 0, stream>>>(
+            (const char *) src->data, (char *) dst->data, n_blocks, rq_layout_of(src), rq_layout_of(dst));
+        CUDA_CHECK(cudaGetLastError());
+    }
+}
+
+template <int bits, bool iso, typename dst_t>
+static void rq_decode_launch(const void * src, dst_t * dst, const rq_layout & ls, const rq_layout & ld, const int64_t n, cudaStream_t stream) {
+    const int64_t n_quartets = n / 4;
+    const int64_t grid = (n_quartets + CUDA_DEQUANTIZE_BLOCK_SIZE - 1) / CUDA_DEQUANTIZE_BLOCK_SIZE;
+    if (n_quartets > 0) {
+        rq_k_decode<bits, iso, dst_t><<<grid, CUDA_DEQUANTIZE_BLOCK_SIZE, 0, stream>>>(
+            (const char *) src, (char *) dst, n_quartets, ls, ld);
+        CUDA_CHECK(cudaGetLastError());
+    }
+}
+
+bool rq_cuda_supports_cpy(ggml_type src, ggml_type dst) {
+    return (src == GGML_TYPE_F32 && rq_is_cache_type(dst)) || (rq_is_cache_type(src) && dst == GGML_TYPE_F32);
+}
+
+template <int bits, bool iso>
+static void rq_cpy_typed(const ggml_tensor * src0, ggml_tensor * src1, cudaStream_t stream) {
+    if (src0->type == GGML_TYPE_F32) {
+        rq_cpy_from_f32_launch<bits, iso>(src0, src1, stream);
+    } else {
+        rq_decode_launch<bits, iso, float>(src0->data, (float *) src1->data, rq_layout_of(src0), rq_layout_of(src1),
+                                           ggml_nelements(src0), stream);
+    }
+}
+
+bool rq_cuda_cpy(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, ggml_tensor * src1) {
+    if (!rq_cuda_supports_cpy(src0->type, src1->type)) {
+        return false;
+    }
+    const ggml_tensor * rot = rq_is_cache_type(src0->type) ? src0 : src1;
+    const ggml_tensor * f32 = rot == src0 ? src1 : src0;
+    GGML_ASSERT(f32->nb[0] == sizeof(float) && rot->ne[0] % RQ_QK == 0 && f32->ne[0] % RQ_QK == 0);
+    cudaStream_t stream = ctx.stream();
+    switch (rot->type) {
+        case GGML_TYPE_PLANAR3: rq_cpy_typed<3, false>(src0, src1, stream); break;
+        case GGML_TYPE_ISO3:    rq_cpy_typed<3, true >(src0, src1, stream); break;
+        case GGML_TYPE_PLANAR4: rq_cpy_typed<4, false>(src0, src1, stream); break;
+        case GGML_TYPE_ISO4:    rq_cpy_typed<4, true >(src0, src1, stream); break;
+        default: return false;
+    }
+    return true;
+}
+
+// ---- to_fp16 / to_fp32 getters (convert.cu) ---------------------------------------------
+
+template <int bits, bool iso, typename dst_t>
+static void rq_to_t_cont(const void * x, dst_t * y, const int64_t k, cudaStream_t stream) {
+    const rq_layout ls = { k, 1, 1, rq_block_bytes<bits>(), 0, 0, 0 };
+    const rq_layout ld = { k, 1, 1, (int64_t) sizeof(dst_t), 0, 0, 0 };
+    rq_decode_launch<bits, iso, dst_t>(x, y, ls, ld, k, stream);
+}
+
+// Strided source (s01..s03 in blocks), contiguous destination.
+template <int bits, bool iso, typename dst_t>
+static void rq_to_t_nc(const void * x, dst_t * y, const int64_t ne00, const int64_t ne01, const int64_t ne02, const int64_t ne03,
+                       const int64_t s01, const int64_t s02, const int64_t s03, cudaStream_t stream) {
+    const int64_t ts = rq_block_bytes<bits>();
+    const rq_layout ls = { ne00, ne01, ne02, ts, s01*ts, s02*ts, s03*ts };
+    const int64_t e = sizeof(dst_t);
+    const rq_layout ld = { ne00, ne01, ne02, e, ne00*e, ne00*ne01*e, ne00*ne01*ne02*e };
+    rq_decode_launch<bits, iso, dst_t>(x, y, ls, ld, ne00*ne01*ne02*ne03, stream);
+}
+
+#define RQ_GETTER(name, fn, dst_t)                                          \
+    decltype(&fn<3, false, dst_t>) name(ggml_type type) {                   \
+        switch (type) {                                                     \
+            case GGML_TYPE_PLANAR3: return fn<3, false, dst_t>;             \
+            case GGML_TYPE_ISO3:    return fn<3, true,  dst_t>;             \
+            case GGML_TYPE_PLANAR4: return fn<4, false, dst_t>;             \
+            case GGML_TYPE_ISO4:    return fn<4, true,  dst_t>;             \
+            default:                return nullptr;                         \
+        }                                                                   \
+    }
+
+RQ_GETTER(rq_cuda_get_to_fp16,    rq_to_t_cont, half)
+RQ_GETTER(rq_cuda_get_to_fp32,    rq_to_t_cont, float)
+RQ_GETTER(rq_cuda_get_to_fp16_nc, rq_to_t_nc,   half)
+RQ_GETTER(rq_cuda_get_to_fp32_nc, rq_to_t_nc,   float)
