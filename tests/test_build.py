@@ -26,6 +26,12 @@ def test_the_marker_patch_is_compiled_in():
     assert "ROTORQUANT = 1" in rotorquant.build_info()["system_info"]
 
 
+def test_ggml_amx_kernels_are_left_out_of_the_default_build():
+    """They crash at the first matmul on Sapphire Rapids virtual machines (CMakeLists.txt,
+    RQ_CPU_AMX); a native build on such a CPU would otherwise compile them in."""
+    assert "AMX_INT8 = 1" not in rotorquant.build_info()["system_info"]
+
+
 # These have no --version; `-h` still proves they start.
 NO_VERSION_FLAG = {"ggml-rpc-server", "llama-quantize", "llama-test-archs"}
 
