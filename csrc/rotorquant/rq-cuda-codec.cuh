@@ -20,83 +20,102 @@ static __host__ __device__ constexpr int rq_bits_of(ggml_type t) {
 }
 static __host__ __device__ constexpr bool rq_is_iso(ggml_type t) { return t == GGML_TYPE_ISO3 || t == GGML_TYPE_ISO4; }
 
-// ---- quantiser: the exact arithmetic of rq-quants.c (double, same operation order).
-// Every product of two floats is exact in double, so fused and unfused multiply-adds
-// round the same way and the bytes equal the CPU's.
+// ---- quantiser: one warp per 64-value block, the exact arithmetic of rq-quants.c -------
+// Lane l owns elements l and l + 32.  Rotations and divisions are per element in double
+// (every product of two floats is exact in double, so fused and unfused multiply-adds
+// round alike); the two sums use the format's halving-tree order, which is what the
+// butterfly below computes (lanes l and l ^ h add the same two values), so the bytes
+// equal the CPU's.
 
-template <int bits, bool iso>
-static __device__ void rq_quantize_block(const float * __restrict__ x, uint8_t * __restrict__ dst) {
-    double y[RQ_QK];
-    double n2 = 0.0;
+static __device__ __forceinline__ double rq_warp_tree_sum(double v) {
 #pragma unroll
-    for (int j = 0; j < RQ_QK; ++j) {
-        const double v = x[j];
-        n2 += v*v;
+    for (int h = WARP_SIZE/2; h >= 1; h /= 2) {
+        v += __shfl_xor_sync(0xFFFFFFFF, v, h, WARP_SIZE);
     }
-    const double n = sqrt(n2);
+    return v;
+}
+
+// Element j of R x (j's quartet or pair read from x).
+template <bool iso>
+static __device__ __forceinline__ double rq_rotated_elem(const float * __restrict__ x, const int j) {
     if constexpr (iso) {
-#pragma unroll
-        for (int g = 0; g < RQ_QK/4; ++g) {
-            const double a0 = rq_iso_quat[g][0], a1 = rq_iso_quat[g][1], a2 = rq_iso_quat[g][2], a3 = rq_iso_quat[g][3];
-            const double v0 = x[4*g], v1 = x[4*g + 1], v2 = x[4*g + 2], v3 = x[4*g + 3];
-            y[4*g]     = a0*v0 - a1*v1 - a2*v2 - a3*v3;
-            y[4*g + 1] = a1*v0 + a0*v1 - a3*v2 + a2*v3;
-            y[4*g + 2] = a2*v0 + a3*v1 + a0*v2 - a1*v3;
-            y[4*g + 3] = a3*v0 - a2*v1 + a1*v2 + a0*v3;
+        const int g = j / 4;
+        const double a0 = rq_iso_quat[g][0], a1 = rq_iso_quat[g][1], a2 = rq_iso_quat[g][2], a3 = rq_iso_quat[g][3];
+        const double v0 = x[4*g], v1 = x[4*g + 1], v2 = x[4*g + 2], v3 = x[4*g + 3];
+        switch (j % 4) {
+            case 0:  return a0*v0 - a1*v1 - a2*v2 - a3*v3;
+            case 1:  return a1*v0 + a0*v1 - a3*v2 + a2*v3;
+            case 2:  return a2*v0 + a3*v1 + a0*v2 - a1*v3;
+            default: return a3*v0 - a2*v1 + a1*v2 + a0*v3;
         }
     } else {
+        const int p = j / 2;
+        const double c = rq_planar_cos[p], s = rq_planar_sin[p];
+        const double u0 = x[2*p], u1 = x[2*p + 1];
+        return j % 2 == 0 ? c*u0 - s*u1 : s*u0 + c*u1;
+    }
+}
+
+template <int bits>
+static __device__ __forceinline__ int rq_code_index(const double u) {
+    int k = 0;
 #pragma unroll
-        for (int p = 0; p < RQ_QK/2; ++p) {
-            const double c = rq_planar_cos[p], s = rq_planar_sin[p];
-            const double u0 = x[2*p], u1 = x[2*p + 1];
-            y[2*p]     = c*u0 - s*u1;
-            y[2*p + 1] = s*u0 + c*u1;
+    for (int i = 0; i < (1 << bits) - 1; ++i) {
+        k += u > (double) (bits == 3 ? rq_bounds3[i] : rq_bounds4[i]);
+    }
+    return k;
+}
+
+// Called by all 32 lanes of a warp; sidx: 64 bytes of shared memory owned by this warp.
+template <int bits, bool iso>
+static __device__ void rq_quantize_block_warp(const float * __restrict__ x, uint8_t * __restrict__ dst,
+                                              uint8_t * sidx, const int lane) {
+    const int j0 = lane, j1 = lane + RQ_QK/2;
+    const double x0 = x[j0], x1 = x[j1];
+    const double n = sqrt(rq_warp_tree_sum(x0*x0 + x1*x1));
+    const double y0 = rq_rotated_elem<iso>(x, j0), y1 = rq_rotated_elem<iso>(x, j1);
+    const int k0 = rq_code_index<bits>(n > 0.0 ? y0 / n : 0.0);
+    const int k1 = rq_code_index<bits>(n > 0.0 ? y1 / n : 0.0);
+    const double l0 = bits == 3 ? rq_levels3[k0] : rq_levels4[k0];
+    const double l1 = bits == 3 ? rq_levels3[k1] : rq_levels4[k1];
+    const double r = sqrt(rq_warp_tree_sum(l0*l0 + l1*l1));
+    sidx[j0] = (uint8_t) k0;
+    sidx[j1] = (uint8_t) k1;
+    __syncwarp();
+    if (lane == 0) {
+        float s = (float) (r > 0.0 ? n / r : n);
+        if (!(s <= RQ_FP16_MAX)) {
+            s = RQ_FP16_MAX;  // also maps NaN, as on the CPU
         }
+        // one 16-bit store: blocks are 26 or 34 bytes, so the scale is always 2-byte aligned
+        *(uint16_t *) dst = __half_as_ushort(__float2half_rn(s));
     }
-    constexpr int n_bounds = bits == 3 ? 7 : 15;
-    const float * bounds = bits == 3 ? rq_bounds3 : rq_bounds4;
-    const float * levels = bits == 3 ? rq_levels3 : rq_levels4;
-    uint8_t idx[RQ_QK];
-    double r2 = 0.0;
-#pragma unroll
-    for (int j = 0; j < RQ_QK; ++j) {
-        const double u = n > 0.0 ? y[j] / n : 0.0;
-        int k = 0;
-#pragma unroll
-        for (int i = 0; i < n_bounds; ++i) {
-            k += u > (double) bounds[i];
-        }
-        idx[j] = (uint8_t) k;
-        const double l = levels[k];
-        r2 += l*l;
-    }
-    const double r = sqrt(r2);
-    float s = (float) (r > 0.0 ? n / r : n);
-    if (!(s <= RQ_FP16_MAX)) {
-        s = RQ_FP16_MAX;  // also maps NaN, as on the CPU
-    }
-    const half sh = __float2half_rn(s);
-    const uint16_t sbits = *(const uint16_t *) &sh;
-    dst[0] = (uint8_t) (sbits & 0xFF);
-    dst[1] = (uint8_t) (sbits >> 8);
+    // one output byte per lane (26 or 34 bytes: lanes 0..23 / 0..31 after the scale)
     if constexpr (bits == 3) {
-        uint8_t qs[RQ_QK/4] = {0}, signs[RQ_QK/8] = {0};
+        if (lane < RQ_QK/4) {           // qs[c]: elements c, c + 16, c + 32, c + 48
+            const int c = lane;
+            uint8_t q = 0;
 #pragma unroll
-        for (int j = 0; j < RQ_QK; ++j) {
-            const int f = j / 16, c = j % 16;
-            qs[c]        |= (uint8_t) ((idx[j] & 3) << (2*f));
-            signs[c % 8] |= (uint8_t) ((idx[j] >> 2) << (2*f + c / 8));
+            for (int f = 0; f < 4; ++f) {
+                q |= (uint8_t) ((sidx[16*f + c] & 3) << (2*f));
+            }
+            dst[2 + c] = q;
+        } else if (lane < RQ_QK/4 + RQ_QK/8) {  // signs[b]: elements 16 f + c with c % 8 == b
+            const int b = lane - RQ_QK/4;
+            uint8_t q = 0;
+#pragma unroll
+            for (int f = 0; f < 4; ++f) {
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    q |= (uint8_t) ((sidx[16*f + 8*h + b] >> 2) << (2*f + h));
+                }
+            }
+            dst[2 + RQ_QK/4 + b] = q;
         }
-#pragma unroll
-        for (int i = 0; i < RQ_QK/4; ++i) { dst[2 + i] = qs[i]; }
-#pragma unroll
-        for (int i = 0; i < RQ_QK/8; ++i) { dst[2 + RQ_QK/4 + i] = signs[i]; }
     } else {
-#pragma unroll
-        for (int j = 0; j < RQ_QK/2; ++j) {
-            dst[2 + j] = (uint8_t) (idx[j] | (idx[j + RQ_QK/2] << 4));
-        }
+        dst[2 + lane] = (uint8_t) (sidx[lane] | (sidx[lane + RQ_QK/2] << 4));
     }
+    __syncwarp();  // sidx is reused by the warp's next block
 }
 
 // ---- decoder, one quartet (elements 4m .. 4m+3 of a block), natural order ---------------

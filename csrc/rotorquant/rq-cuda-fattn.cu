@@ -95,6 +95,78 @@ __device__ __forceinline__ void rq_slot_levels(const char * blk, const int i, co
     }
 }
 
+// The raw words of one V slot (8 values of a row), loaded apart from their use so that a
+// thread can have the loads of several rows in flight at once.
+struct rq_v_raw {
+    uint32_t a, b, c, d;
+};
+
+template <int VK>
+__device__ __forceinline__ rq_v_raw rq_v_load(const char * vrow, const int slot) {
+    rq_v_raw r = {0, 0, 0, 0};
+    if constexpr (VK == RQ_V_RQ3) {
+        const char * blk = vrow + (slot / 8)*rq_block_bytes<3>();
+        const int i = slot % 8;
+        r.a = ld_u16(blk + 2 + 2*i);
+        r.b = ld_u16(blk + 2 + RQ_QK/4 + 2*(i & 3));
+        r.c = ld_u16(blk);
+    } else if constexpr (VK == RQ_V_RQ4) {
+        const char * blk = vrow + (slot / 8)*rq_block_bytes<4>();
+        const int i = slot % 8;
+        r.a = ld_u16(blk + 2 + 4*i) | (ld_u16(blk + 4 + 4*i) << 16);
+        r.c = ld_u16(blk);
+    } else if constexpr (VK == RQ_V_F16) {
+        const uint4 raw = *(const uint4 *) (vrow + slot*16);
+        r = {raw.x, raw.y, raw.z, raw.w};
+    } else {
+        const char * blk = vrow + (slot / 4)*(int) sizeof(block_q8_0);
+        const char * qs = blk + 2 + 8*(slot % 4);
+        r.a = ld_u16(qs) | (ld_u16(qs + 2) << 16);
+        r.b = ld_u16(qs + 4) | (ld_u16(qs + 6) << 16);
+        r.c = ld_u16(blk);
+    }
+    return r;
+}
+
+// The 8 values of a slot (rotated basis for rotor V) and their common scale.
+template <int VK>
+__device__ __forceinline__ float rq_v_values(const rq_v_raw & r, const int slot, const float * lut, float w[8]) {
+    if constexpr (VK == RQ_V_RQ3) {
+        const int i = slot % 8;
+        const uint32_t s = r.b >> (i >> 2);
+#pragma unroll
+        for (int f = 0; f < 4; ++f) {
+            const uint32_t k = ((r.a >> (2*f)) & 0x0303u) | (((s >> (2*f)) & 0x0101u) << 2);
+            w[2*f]     = lut[k & 0xFF];
+            w[2*f + 1] = lut[k >> 8];
+        }
+        return half_bits_to_float(r.c);
+    } else if constexpr (VK == RQ_V_RQ4) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            w[e]     = lut[(r.a >> (8*e))     & 15];
+            w[e + 4] = lut[(r.a >> (8*e + 4)) & 15];
+        }
+        return half_bits_to_float(r.c);
+    } else if constexpr (VK == RQ_V_F16) {
+        const uint32_t words[4] = {r.a, r.b, r.c, r.d};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const float2 f = __half22float2(*(const half2 *) &words[e]);
+            w[2*e] = f.x;
+            w[2*e + 1] = f.y;
+        }
+        return 1.0f;
+    } else {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            w[e]     = (float) (int8_t) (r.a >> (8*e));
+            w[e + 4] = (float) (int8_t) (r.b >> (8*e));
+        }
+        return half_bits_to_float(r.c);
+    }
+}
+
 template <int D, int KBITS, int VK, int GP>
 __launch_bounds__(RQ_FA_THREADS, 2)
 __global__ void rq_fattn_decode(const rq_fattn_params p) {
@@ -266,35 +338,9 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
             }
         }
         const int rows = min(T, t_end - t0);
-        for (int r = v_row; r < rows; r += RG) {
-            const char * vrow = Vh + (int64_t) (t0 + r)*p.nb21;
+        const auto accumulate = [&](const rq_v_raw & raw, const int r) {
             float w[8];
-            float vs = 1.0f;
-            if constexpr (VK == RQ_V_RQ3 || VK == RQ_V_RQ4) {
-                constexpr int VBS = rq_block_bytes<VBITS>();
-                const char * blk = vrow + (v_slot / 8)*VBS;
-                rq_slot_levels<VBITS>(blk, v_slot % 8, sLV, w);
-                vs = half_bits_to_float(ld_u16(blk));
-            } else if constexpr (VK == RQ_V_F16) {
-                const uint4 raw = *(const uint4 *) (vrow + v_slot*16);
-                const half2 * h2 = (const half2 *) &raw;
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const float2 f = __half22float2(h2[e]);
-                    w[2*e] = f.x;
-                    w[2*e + 1] = f.y;
-                }
-            } else {
-                const char * blk = vrow + (v_slot / 4)*(int) sizeof(block_q8_0);
-                vs = half_bits_to_float(ld_u16(blk));
-                const char * qs = blk + 2 + 8*(v_slot % 4);
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const uint32_t two = ld_u16(qs + 2*e);
-                    w[2*e]     = (float) (int8_t) (two & 0xFF);
-                    w[2*e + 1] = (float) (int8_t) (two >> 8);
-                }
-            }
+            const float vs = rq_v_values<VK>(raw, v_slot, sLV, w);
 #pragma unroll
             for (int h = 0; h < HG; ++h) {
                 const float ph = vs*sP[r*GP + v_hg*HG + h];
@@ -302,6 +348,28 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
                 for (int e = 0; e < 8; ++e) {
                     acc[h][e] += ph*w[e];
                 }
+            }
+        };
+        if (rows == T) {
+            // full tile: rows v_row + RG u, u < NR, in chunks whose loads are all issued
+            // before the first is used (one memory latency per chunk, not per row)
+            constexpr int NR = T / RG;
+            constexpr int CH = NR < 8 ? NR : 8;
+#pragma unroll
+            for (int c0 = 0; c0 < NR; c0 += CH) {
+                rq_v_raw raw[CH];
+#pragma unroll
+                for (int u = 0; u < CH; ++u) {
+                    raw[u] = rq_v_load<VK>(Vh + (int64_t) (t0 + v_row + (c0 + u)*RG)*p.nb21, v_slot);
+                }
+#pragma unroll
+                for (int u = 0; u < CH; ++u) {
+                    accumulate(raw[u], v_row + (c0 + u)*RG);
+                }
+            }
+        } else {
+            for (int r = v_row; r < rows; r += RG) {
+                accumulate(rq_v_load<VK>(Vh + (int64_t) (t0 + r)*p.nb21, v_slot), r);
             }
         }
         __syncthreads();
@@ -491,11 +559,12 @@ void rq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx, ggml_tensor 
     p.mask_nb3 = mask ? mask->nb[3] : 0;
     p.k_iso = rq_is_iso(K->type);
 
-    // Slices of the KV range: enough blocks for two per multiprocessor.
+    // Slices of the KV range: enough blocks for three per multiprocessor (the occupancy the
+    // kernel's registers allow), so that memory latency is hidden across blocks.
     const int nsm = ggml_cuda_info().devices[ctx.device].nsm;
     const int n_tiles = (p.n_kv + RQ_FA_THREADS - 1) / RQ_FA_THREADS;
     const int n_kv_blocks = p.n_head_kv*n_seq;
-    const int splits_wanted = std::clamp((2*nsm + n_kv_blocks - 1) / n_kv_blocks, 1, std::max(1, n_tiles));
+    const int splits_wanted = std::clamp((3*nsm + n_kv_blocks - 1) / n_kv_blocks, 1, std::max(1, n_tiles));
     const int tiles_per_split = std::max(1, (n_tiles + splits_wanted - 1) / splits_wanted);
     p.split_len = tiles_per_split*RQ_FA_THREADS;
     p.n_splits  = std::max(1, (p.n_kv + p.split_len - 1) / p.split_len);

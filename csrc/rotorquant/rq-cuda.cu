@@ -3,7 +3,9 @@
 #include "rq-cuda-codec.cuh"
 #include "rq-cuda.h"
 
-// ---- quantising: SET_ROWS and CPY F32 -> rotor (one thread per 64-value block) -----------
+// ---- quantising: SET_ROWS and CPY F32 -> rotor (one warp per 64-value block) -------------
+
+#define RQ_Q_WARPS 4  // warps (blocks of 64 values) per CUDA block
 
 template <int bits, bool iso>
 static __global__ void rq_k_set_rows(const char * __restrict__ src0, const char * __restrict__ src1, char * __restrict__ dst,
@@ -13,9 +15,11 @@ static __global__ void rq_k_set_rows(const char * __restrict__ src0, const char 
                                      const int64_t ne11, const int64_t ne12,
                                      const int64_t nb10, const int64_t nb11, const int64_t nb12,
                                      const int64_t nb1, const int64_t nb2, const int64_t nb3) {
-    const int64_t ib = (int64_t) blockDim.x*blockIdx.x + threadIdx.x;
+    __shared__ uint8_t sidx[RQ_Q_WARPS][RQ_QK];
+    const int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE;
+    const int64_t ib = (int64_t) RQ_Q_WARPS*blockIdx.x + warp;
     if (ib >= n_blocks) {
-        return;
+        return;  // the whole warp: ib is the same on its lanes
     }
     const int64_t bpr = ne00 / RQ_QK;  // blocks per row
     const int64_t i00 = (ib % bpr) * RQ_QK;
@@ -29,10 +33,8 @@ static __global__ void rq_k_set_rows(const char * __restrict__ src0, const char 
 
     const float * x = (const float *) (src0 + i01*nb01 + i02*nb02 + i03*nb03) + i00;
     uint8_t * y = (uint8_t *) (dst + dst_row*nb1 + i02*nb2 + i03*nb3) + (i00 / RQ_QK) * rq_block_bytes<bits>();
-    rq_quantize_block<bits, iso>(x, y);
+    rq_quantize_block_warp<bits, iso>(x, y, sidx[warp], lane);
 }
-
-#define RQ_CUDA_BLOCK 64
 
 template <int bits, bool iso>
 static void rq_set_rows_launch(const ggml_tensor * src0, const ggml_tensor * src1, ggml_tensor * dst, cudaStream_t stream) {
@@ -40,8 +42,8 @@ static void rq_set_rows_launch(const ggml_tensor * src0, const ggml_tensor * src
     if (n_blocks == 0) {
         return;
     }
-    const int64_t grid = (n_blocks + RQ_CUDA_BLOCK - 1) / RQ_CUDA_BLOCK;
-    rq_k_set_rows<bits, iso><<<grid, RQ_CUDA_BLOCK, 0, stream>>>(
+    const int64_t grid = (n_blocks + RQ_Q_WARPS - 1) / RQ_Q_WARPS;
+    rq_k_set_rows<bits, iso><<<grid, RQ_Q_WARPS*WARP_SIZE, 0, stream>>>(
         (const char *) src0->data, (const char *) src1->data, (char *) dst->data,
         src1->type == GGML_TYPE_I64, n_blocks,
         src0->ne[0], src0->ne[1], src0->ne[2], src0->nb[1], src0->nb[2], src0->nb[3],
@@ -86,13 +88,15 @@ static rq_layout rq_layout_of(const ggml_tensor * t) {
 template <int bits, bool iso>
 static __global__ void rq_k_cpy_from_f32(const char * __restrict__ src, char * __restrict__ dst, const int64_t n_blocks,
                                          const rq_layout ls, const rq_layout ld) {
-    const int64_t ib = (int64_t) blockDim.x*blockIdx.x + threadIdx.x;
+    __shared__ uint8_t sidx[RQ_Q_WARPS][RQ_QK];
+    const int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE;
+    const int64_t ib = (int64_t) RQ_Q_WARPS*blockIdx.x + warp;
     if (ib >= n_blocks) {
         return;
     }
     const float * x = (const float *) (src + rq_offset(ls, ib*RQ_QK, 1, ls.nb0));
     uint8_t * y = (uint8_t *) (dst + rq_offset(ld, ib*RQ_QK, RQ_QK, rq_block_bytes<bits>()));
-    rq_quantize_block<bits, iso>(x, y);
+    rq_quantize_block_warp<bits, iso>(x, y, sidx[warp], lane);
 }
 
 // Decode to float/half: one thread per quartet (16 per block), so writes coalesce.
@@ -117,9 +121,9 @@ static __global__ void rq_k_decode(const char * __restrict__ src, char * __restr
 template <int bits, bool iso>
 static void rq_cpy_from_f32_launch(const ggml_tensor * src, ggml_tensor * dst, cudaStream_t stream) {
     const int64_t n_blocks = ggml_nelements(src) / RQ_QK;
-    const int64_t grid = (n_blocks + RQ_CUDA_BLOCK - 1) / RQ_CUDA_BLOCK;
+    const int64_t grid = (n_blocks + RQ_Q_WARPS - 1) / RQ_Q_WARPS;
     if (n_blocks > 0) {
-        rq_k_cpy_from_f32<bits, iso><<<grid, RQ_CUDA_BLOCK, 0, stream>>>(
+        rq_k_cpy_from_f32<bits, iso><<<grid, RQ_Q_WARPS*WARP_SIZE, 0, stream>>>(
             (const char *) src->data, (char *) dst->data, n_blocks, rq_layout_of(src), rq_layout_of(dst));
         CUDA_CHECK(cudaGetLastError());
     }

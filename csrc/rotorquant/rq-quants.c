@@ -100,17 +100,27 @@ static void unrotate_block_iso(const float * w, float * y, float scale) {
 
 typedef void (*rotate_d_fn)(const float * x, double * y);
 
+// Sum of a block's 64 terms in the format's fixed order, a halving tree: t[l] += t[l + h]
+// for h = 32, 16, ..., 1.  It is the order of a warp's butterfly reduction, so the CUDA
+// quantiser (one warp per block) rounds exactly as this one does.  Destroys t.
+static double tree_sum(double * t) {
+    for (int h = RQ_QK / 2; h >= 1; h /= 2) {
+        for (int l = 0; l < h; ++l) {
+            t[l] += t[l + h];
+        }
+    }
+    return t[0];
+}
+
 // Indices of one block and its stored scale (as the half it will be).
 static ggml_fp16_t encode_block(const float * x, rotate_d_fn rotate, const float * bounds, int n_bounds,
                                 const float * levels, uint8_t * idx) {
-    double y[RQ_QK];
-    double n2 = 0.0;
+    double y[RQ_QK], t[RQ_QK];
     for (int j = 0; j < RQ_QK; ++j) {
-        n2 += (double) x[j] * x[j];
+        t[j] = (double) x[j] * x[j];
     }
-    const double n = sqrt(n2);
+    const double n = sqrt(tree_sum(t));
     rotate(x, y);
-    double r2 = 0.0;
     for (int j = 0; j < RQ_QK; ++j) {
         const double u = n > 0.0 ? y[j] / n : 0.0;
         int k = 0;
@@ -118,9 +128,9 @@ static ggml_fp16_t encode_block(const float * x, rotate_d_fn rotate, const float
             k += u > (double) bounds[i];
         }
         idx[j] = (uint8_t) k;
-        r2 += (double) levels[k] * levels[k];
+        t[j] = (double) levels[k] * levels[k];
     }
-    const double r = sqrt(r2);
+    const double r = sqrt(tree_sum(t));
     float s = (float) (r > 0.0 ? n / r : n);
     if (!(s <= RQ_FP16_MAX)) {
         s = RQ_FP16_MAX;  // also maps NaN: a poisoned row must not poison the cache
