@@ -62,7 +62,9 @@ def test_several_sequences_in_one_batch(rq_run, tiny_model, tmp_path):
     proc = run([rq_run, "perplexity", "-m", tiny_model, "-f", text, "-c", "64", "-b", "256",
                 "-ctk", "iso3", "-ctv", "iso3", "-t", "2", "--chunks", "4"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Final estimate: PPL" in proc.stdout + proc.stderr
+    # every chunk's running estimate is printed; llama.cpp's log thread can lose the last
+    # line ("Final estimate") at exit, so the fourth chunk's value is the proof
+    assert re.search(r"\[4\]\d+\.\d+", proc.stdout + proc.stderr)
 
 
 def test_context_shift_rotates_quantized_keys(rq_run, tiny_model):

@@ -122,6 +122,7 @@ uint32_t llama_n_ctx(const struct llama_context * ctx);
 uint32_t llama_n_batch(const struct llama_context * ctx);
 llama_memory_t llama_get_memory(const struct llama_context * ctx);
 void llama_memory_clear(llama_memory_t mem, bool data);
+llama_pos llama_memory_seq_pos_max(llama_memory_t mem, llama_seq_id seq_id);
 
 const struct llama_vocab * llama_model_get_vocab(const struct llama_model * model);
 int32_t  llama_model_n_ctx_train(const struct llama_model * model);
@@ -145,6 +146,8 @@ int32_t llama_token_to_piece(const struct llama_vocab * vocab, llama_token token
 int32_t llama_detokenize(const struct llama_vocab * vocab, const llama_token * tokens, int32_t n_tokens,
                          char * text, int32_t text_len_max, bool remove_special, bool unparse_special);
 
+typedef bool (*ggml_abort_callback)(void * data);
+void llama_set_abort_callback(struct llama_context * ctx, ggml_abort_callback abort_callback, void * abort_callback_data);
 struct llama_batch llama_batch_get_one(llama_token * tokens, int32_t n_tokens);
 int32_t llama_decode(struct llama_context * ctx, struct llama_batch batch);
 float * llama_get_logits_ith(struct llama_context * ctx, int32_t i);
@@ -161,6 +164,25 @@ struct llama_sampler * llama_sampler_init_top_k(int32_t k);
 struct llama_sampler * llama_sampler_init_top_p(float p, size_t min_keep);
 struct llama_sampler * llama_sampler_init_min_p(float p, size_t min_keep);
 struct llama_sampler * llama_sampler_init_temp(float t);
+struct llama_sampler * llama_sampler_init_typical(float p, size_t min_keep);
+struct llama_sampler * llama_sampler_init_xtc(float p, float t, size_t min_keep, uint32_t seed);
+struct llama_sampler * llama_sampler_init_top_n_sigma(float n);
+struct llama_sampler * llama_sampler_init_mirostat(int32_t n_vocab, uint32_t seed, float tau, float eta, int32_t m);
+struct llama_sampler * llama_sampler_init_mirostat_v2(uint32_t seed, float tau, float eta);
+struct llama_sampler * llama_sampler_init_grammar(const struct llama_vocab * vocab, const char * grammar_str,
+                                                  const char * grammar_root);
+struct llama_sampler * llama_sampler_init_penalties(int32_t n_vocab, int32_t penalty_last_n, float penalty_repeat,
+                                                    float penalty_freq, float penalty_present);
+struct llama_sampler * llama_sampler_init_dry(const struct llama_vocab * vocab, float dry_multiplier, float dry_base,
+                                              int32_t dry_allowed_length, int32_t dry_penalty_last_n,
+                                              const char ** seq_breakers, size_t num_breakers);
+typedef struct llama_logit_bias {
+    llama_token token;
+    float bias;
+} llama_logit_bias;
+struct llama_sampler * llama_sampler_init_logit_bias(int32_t n_vocab, int32_t n_logit_bias,
+                                                     const llama_logit_bias * logit_bias);
+void llama_sampler_accept(struct llama_sampler * smpl, llama_token token);
 llama_token llama_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t idx);
 void llama_sampler_free(struct llama_sampler * smpl);
 
@@ -262,6 +284,13 @@ struct rq_memory_bytes {
 };
 void rq_context_memory(const struct llama_context * ctx, struct rq_memory_bytes * out);
 void rq_log_silence(void);
+struct rq_abort;
+struct rq_abort * rq_abort_new(void);
+void rq_abort_free(struct rq_abort * a);
+void rq_abort_set(struct rq_abort * a, bool on);
+bool rq_abort_callback(void * data);
+int rq_logprobs(const float * logits, int n_vocab, int token, int top_n, float * token_logprob,
+                int * top_ids, float * top_logprobs);
 struct rq_capture;
 struct rq_capture * rq_capture_new(const char * prefixes_csv);
 void rq_capture_free(struct rq_capture * cap);

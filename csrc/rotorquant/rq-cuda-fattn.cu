@@ -192,19 +192,12 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
     // Queries: rotate each quartet, scale, store in code order.  Heads past gqa are zero.
     for (int u = tid; u < GP*(D/4); u += T) {
         const int h = u / (D/4), m = u % (D/4);
-        float x[4] = {0.0f, 0.0f, 0.0f, 0.0f}, y[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        if (h < p.gqa) {
-            const float * q = (const float *) (p.Q + seq*p.nb03 + (hq0 + h)*p.nb02) + 4*m;
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                x[e] = q[e];
-            }
-            rq_rotate_quartet(p.k_iso, m % (RQ_QK/4), x, y);
-        }
+        float y[4];
+        rq_query_quartet(p, seq, hq0, h, m, y);
         const int b = (4*m) / RQ_QK;
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-            sQ[h*D + b*RQ_QK + rq_code_pos<KBITS>((4*m) % RQ_QK + e)] = p.scale*y[e];
+            sQ[h*D + b*RQ_QK + rq_code_pos<KBITS>((4*m) % RQ_QK + e)] = y[e];
         }
     }
     __syncthreads();

@@ -3,7 +3,7 @@
 // The scalar kernel, the combine kernel and the host side are in rq-cuda-fattn.cu.
 #pragma once
 
-#include "common.cuh"
+#include "rq-cuda-codec.cuh"
 
 #include <cstdint>
 
@@ -23,6 +23,25 @@ struct rq_fattn_params {
     int mask_ne3;
     bool k_iso;
 };
+
+// Quartet m of query head hq0 + h, rotated like the keys (the K type's rotation) and
+// multiplied by the softmax scale; zero for padding heads (h >= gqa).
+static __device__ __forceinline__ void rq_query_quartet(const rq_fattn_params & p, const int seq, const int hq0,
+                                                        const int h, const int m, float y[4]) {
+    float x[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (h < p.gqa) {
+        const float * q = (const float *) (p.Q + seq*p.nb03 + (hq0 + h)*p.nb02) + 4*m;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            x[e] = q[e];
+        }
+    }
+    rq_rotate_quartet(p.k_iso, m % (RQ_QK/4), x, y);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+        y[e] *= p.scale;
+    }
+}
 
 // Decode partials with tensor cores (f16 operands, f32 accumulation); split_len must be a
 // multiple of 64.  Same outputs as the scalar kernel, to f16 rounding of K, V, Q and P.

@@ -8,6 +8,9 @@
 #include "ggml.h"
 #include "ggml-backend.h"
 
+#include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <stdexcept>
@@ -32,6 +35,48 @@ static void rq_log_drop(enum ggml_log_level, const char *, void *) {}
 
 void rq_log_silence(void) {
     llama_log_set(rq_log_drop, nullptr);
+}
+
+struct rq_abort {
+    std::atomic<bool> on{false};
+};
+
+struct rq_abort * rq_abort_new(void) { return new rq_abort(); }
+void rq_abort_free(struct rq_abort * a) { delete a; }
+void rq_abort_set(struct rq_abort * a, bool on) { a->on.store(on, std::memory_order_relaxed); }
+bool rq_abort_callback(void * data) {
+    return static_cast<rq_abort *>(data)->on.load(std::memory_order_relaxed);
+}
+
+int rq_logprobs(const float * logits, int n_vocab, int token, int top_n, float * token_logprob,
+                int * top_ids, float * top_logprobs) {
+    if (logits == nullptr || n_vocab <= 0 || token < 0 || token >= n_vocab || top_n > n_vocab) {
+        return -1;
+    }
+    float mx = logits[0];
+    for (int i = 1; i < n_vocab; ++i) {
+        mx = std::max(mx, logits[i]);
+    }
+    double sum = 0.0;
+    for (int i = 0; i < n_vocab; ++i) {
+        sum += std::exp((double) logits[i] - mx);
+    }
+    const double lse = mx + std::log(sum);
+    *token_logprob = (float) (logits[token] - lse);
+    if (top_n <= 0) {
+        return 0;
+    }
+    std::vector<int> ids(n_vocab);
+    for (int i = 0; i < n_vocab; ++i) {
+        ids[i] = i;
+    }
+    std::partial_sort(ids.begin(), ids.begin() + top_n, ids.end(),
+                      [logits](int a, int b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
+    for (int i = 0; i < top_n; ++i) {
+        top_ids[i] = ids[i];
+        top_logprobs[i] = (float) (logits[ids[i]] - lse);
+    }
+    return top_n;
 }
 
 struct rq_capture {

@@ -29,6 +29,24 @@ void rq_context_memory(const struct llama_context * ctx, struct rq_memory_bytes 
 // call into a dead interpreter.
 void rq_log_silence(void);
 
+// A context's abort switch: rq_abort_callback is the ggml_abort_callback installed with
+// llama_set_abort_callback (data = the switch); while the switch is on, the running
+// llama_decode stops between graph nodes and returns 2.  Python turns it on from the
+// main thread on Ctrl-C while a worker thread decodes (rotorquant/llama.py).
+struct rq_abort;
+struct rq_abort * rq_abort_new(void);
+void rq_abort_free(struct rq_abort * a);
+void rq_abort_set(struct rq_abort * a, bool on);
+bool rq_abort_callback(void * data);
+
+// Log-probabilities of the model's distribution (log-softmax of raw logits, in double):
+// of `token` (into *token_logprob) and of the top_n most likely tokens, best first (ids
+// and values into the arrays, top_n <= 0 skips them).  Returns the number written to the
+// arrays, or -1 for a bad argument.  In C because the core package has no numpy and a
+// Python pass over a 150k vocabulary per token would cost more than the decode.
+int rq_logprobs(const float * logits, int n_vocab, int token, int top_n, float * token_logprob,
+                int * top_ids, float * top_logprobs);
+
 // Activation capture for KV calibration: a ggml_backend_sched_eval_callback that keeps,
 // as float32, every evaluated tensor named <prefix>-<layer> for the prefixes given
 // (e.g. "Qcur,Kcur,Vcur": upstream names the post-RoPE Q/K and V so).  Within one graph

@@ -11,8 +11,9 @@ from .errors import ContextError, DecodeError, KVPolicyError, ModelLoadError, Ro
 from .info import build_info
 from ._native import build_config
 from .llama import Llama
+from .sampling import Sampling
 
 __version__ = build_config.VERSION
 
-__all__ = ["Llama", "build_info", "cache_types", "errors", "RotorQuantError", "ModelLoadError",
+__all__ = ["Llama", "Sampling", "build_info", "cache_types", "errors", "RotorQuantError", "ModelLoadError",
            "ContextError", "DecodeError", "KVPolicyError", "__version__"]

@@ -1,15 +1,20 @@
 """``Llama``: a GGUF model and one inference context, with named KV-cache types.
 
-The object owns three C resources (model, context, per-call sampler chain) and
-frees them in ``close()``, which is idempotent and also runs on garbage
-collection and at the end of a ``with`` block.  One ``Llama`` is not
-thread-safe: use one per thread.
+The object owns its C resources (model, context, abort switch, per-call sampler
+chain) and frees them in ``close()``, which is idempotent and also runs on garbage
+collection and at the end of a ``with`` block.  Calls from several threads are
+serialized by a lock per object (a stream takes the lock once per token, so another
+thread's call ends it instead of waiting for it).  Ctrl-C stops a running decode
+between two graph nodes (see ``_call_interruptibly``).
 """
 from __future__ import annotations
 
 import array
 import codecs
+import functools
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator, Sequence
 
 from . import cache_types
@@ -18,6 +23,8 @@ from ._native import ffi, lib
 from .errors import ContextError, DecodeError, ModelLoadError
 from .gguf_check import check_gguf_path
 from .kvpolicy import locate as _kv_locate
+from .completion import Step, completion, completion_chunks
+from .sampling import SamplerChain, Sampling, logprobs
 
 _FLASH_ATTN = {
     "auto": lib.LLAMA_FLASH_ATTN_TYPE_AUTO,
@@ -25,6 +32,15 @@ _FLASH_ATTN = {
     "off": lib.LLAMA_FLASH_ATTN_TYPE_DISABLED,
 }
 _UINT32_MAX = 0xFFFFFFFF
+
+
+def _locked(method):
+    """Run a method under the object's lock (concurrent calls are serialized)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return wrapper
 
 
 def _flash_attn_mode(value: "str | bool") -> str:
@@ -71,8 +87,11 @@ class Llama:
                  flash_attn: "str | bool" = "auto", seed: "int | None" = None,
                  n_threads: "int | None" = None, verbose: bool = False, vocab_only: bool = False,
                  kv_policy: "str | os.PathLike[str] | None" = "auto"):
+        self._lock = threading.RLock()
         self._model = ffi.NULL
         self._ctx = ffi.NULL
+        self._abort = ffi.NULL
+        self._worker: "ThreadPoolExecutor | None" = None
         self._generation = 0  # bumps on every generate(); stale streams stop
 
         # Everything checkable is checked before any C call.
@@ -138,6 +157,8 @@ class Llama:
                 f"cache_type_v={self.cache_type_v}, flash_attn={fa}, kv_policy={self.kv_policy})",
                 cap.reason())
         self.n_batch = int(lib.llama_n_batch(self._ctx))
+        self._abort = lib.rq_abort_new()
+        lib.llama_set_abort_callback(self._ctx, ffi.addressof(lib, "rq_abort_callback"), self._abort)
 
     def _context_params(self, cparams) -> None:
         """Hook for subclasses that need more context parameters (e.g. an eval callback)."""
@@ -145,13 +166,23 @@ class Llama:
     # -- lifetime ----------------------------------------------------------
     def close(self) -> None:
         """Free the context and the model.  Safe to call more than once."""
-        self._generation += 1
-        if getattr(self, "_ctx", ffi.NULL) != ffi.NULL:
-            lib.llama_free(self._ctx)
-            self._ctx = ffi.NULL
-        if getattr(self, "_model", ffi.NULL) != ffi.NULL:
-            lib.llama_model_free(self._model)
-            self._model = ffi.NULL
+        lock = getattr(self, "_lock", None)
+        if lock is None:  # __init__ failed before anything was allocated
+            return
+        with lock:
+            self._generation += 1
+            if self._worker is not None:
+                self._worker.shutdown(wait=True)
+                self._worker = None
+            if self._ctx != ffi.NULL:
+                lib.llama_free(self._ctx)
+                self._ctx = ffi.NULL
+            if self._abort != ffi.NULL:
+                lib.rq_abort_free(self._abort)
+                self._abort = ffi.NULL
+            if self._model != ffi.NULL:
+                lib.llama_model_free(self._model)
+                self._model = ffi.NULL
 
     @property
     def closed(self) -> bool:
@@ -203,6 +234,7 @@ class Llama:
                 self._metadata[key] = val
         return dict(self._metadata)
 
+    @_locked
     def memory_bytes(self) -> dict[str, int]:
         """Bytes held, summed over devices: ``model`` weights, ``context``
         (KV cache and recurrent state) and ``compute`` buffers."""
@@ -211,6 +243,7 @@ class Llama:
         lib.rq_context_memory(self._ctx, out)
         return {"model": out.model, "context": out.context, "compute": out.compute}
 
+    @_locked
     def perf(self) -> dict[str, float]:
         """llama.cpp's counters for the last ``generate``: tokens and milliseconds."""
         self._check_open()
@@ -219,6 +252,7 @@ class Llama:
                 "generated_tokens": p.n_eval, "generate_ms": p.t_eval_ms}
 
     # -- text <-> tokens ---------------------------------------------------
+    @_locked
     def tokenize(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
         """Text to token ids.  ``add_special`` adds BOS/EOS as the model asks;
         ``parse_special`` turns ``<|im_start|>``-style text into control tokens."""
@@ -237,6 +271,7 @@ class Llama:
             capacity = -n
         raise ValueError(f"text of {len(data)} bytes is too long to tokenize")
 
+    @_locked
     def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
         """Token ids to text, inverse of ``tokenize``: the BOS/EOS and leading space
         the tokenizer adds are removed; ``special`` renders control tokens as text."""
@@ -273,12 +308,14 @@ class Llama:
         return ffi.unpack(buf, n)
 
     # -- low level: evaluate tokens, read logits, save and restore state ---------
+    @_locked
     def reset(self) -> None:
         """Forget every evaluated token (clears the KV cache)."""
         self._check_open()
         self._generation += 1
         lib.llama_memory_clear(lib.llama_get_memory(self._ctx), True)
 
+    @_locked
     def eval(self, tokens: Sequence[int]) -> None:
         """Append ``tokens`` to the context (after those evaluated before)."""
         self._check_open()
@@ -288,6 +325,7 @@ class Llama:
         for start in range(0, len(ids), self.n_batch):
             self._decode(arr, start, min(self.n_batch, len(ids) - start))
 
+    @_locked
     def logits(self) -> "array.array[float]":
         """Logits after the last evaluated token (one float per vocabulary entry)."""
         self._check_open()
@@ -299,6 +337,7 @@ class Llama:
         out.frombytes(ffi.buffer(ptr, 4 * self.n_vocab))
         return out
 
+    @_locked
     def save_state(self) -> bytes:
         """The context's whole state (KV cache in its own type, logits, RNG) as bytes."""
         self._check_open()
@@ -307,6 +346,7 @@ class Llama:
         n = lib.llama_state_get_data(self._ctx, buf, size)
         return ffi.unpack(ffi.cast("char *", buf), n)
 
+    @_locked
     def load_state(self, state: bytes) -> None:
         """Restore a state from ``save_state`` of a context with the same model and settings."""
         self._check_open()
@@ -320,101 +360,161 @@ class Llama:
             raise ValueError(f"state of {len(data)} bytes does not fit this context: {cap.reason() or 'rejected'}")
 
     # -- generation ----------------------------------------------------------
-    def generate(self, prompt: str, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
-                 top_p: float = 0.95, min_p: float = 0.05, seed: "int | None" = None,
-                 stop: "str | Sequence[str]" = (), stream: bool = False) -> "str | Iterator[str]":
+    @_locked
+    def generate(self, prompt: str, max_tokens: int = 128, *, stop: "str | Sequence[str]" = (),
+                 stream: bool = False, **sampling) -> "str | Iterator[str]":
         """Complete ``prompt`` (raw text, no chat template).
 
-        ``temperature <= 0`` is greedy decoding.  Generation ends at an
-        end-of-generation token, after ``max_tokens``, when the context is full,
-        or just before the first ``stop`` string (which is not returned).
-        With ``stream=True`` an iterator of text pieces is returned; starting
-        another generation ends an unfinished stream.  The KV cache is cleared at
-        the start of every call.
+        ``sampling`` takes the fields of :class:`rotorquant.Sampling` (``temperature``,
+        ``top_k``, ``top_p``, ``min_p``, penalties, DRY, XTC, mirostat, ``logit_bias``,
+        ``seed``, ``grammar``...); unknown names raise ``TypeError``.  ``temperature <= 0``
+        is greedy decoding.  Generation ends at an end-of-generation token, after
+        ``max_tokens``, when the context is full, or just before the first ``stop``
+        string (which is not returned).  With ``stream=True`` an iterator of text pieces
+        is returned; starting another generation ends an unfinished stream.  The KV cache
+        is cleared at the start of every call.
         """
-        self._check_open()
+        steps = self._start(prompt, max_tokens, stop, sampling)
+        pieces = (step.text for step in steps if step.text)
+        return pieces if stream else "".join(pieces)
+
+    @_locked
+    def create_completion(self, prompt: str, *, max_tokens: int = 16, stream: bool = False,
+                          stop: "str | Sequence[str]" = (), logprobs: "int | None" = None,
+                          **sampling) -> "dict | Iterator[dict]":
+        """An OpenAI-shaped text completion (``object: "text_completion"``).
+
+        ``logprobs=N`` adds, per generated token, its log-probability under the model and
+        the N most likely alternatives (0 <= N <= 20), computed from the one row of logits
+        every step produces anyway.  With ``stream=True`` an iterator of chunks is
+        returned; the last one carries ``finish_reason`` ("stop" or "length").
+        Other arguments as :meth:`generate`.
+        """
+        if logprobs is not None:
+            _positive_int("logprobs", logprobs, minimum=0)
+            if logprobs > 20:
+                raise ValueError(f"logprobs must be at most 20, not {logprobs}")
+        n_prompt = len(self._prompt_tokens(prompt))
+        steps = self._start(prompt, max_tokens, stop, sampling, top_logprobs=logprobs)
+        model = os.path.basename(self.model_path)
+        if stream:
+            return completion_chunks(steps, model, logprobs is not None, self._token_text)
+        return completion(steps, model, n_prompt, logprobs is not None, self._token_text)
+
+    def _prompt_tokens(self, prompt: str) -> list[int]:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be str, not {type(prompt).__name__}")
-        _positive_int("max_tokens", max_tokens, minimum=0)
-        stops = (stop,) if isinstance(stop, str) else tuple(stop)
-        if not all(isinstance(s, str) and s for s in stops):
-            raise ValueError("stop must be a string or a sequence of non-empty strings")
-        if seed is None:
-            seed = self.seed
-        if seed is not None and not (isinstance(seed, int) and 0 <= seed < _UINT32_MAX):
-            raise ValueError(f"seed must be an integer in [0, 2**32 - 1), not {seed!r}")
-        for name, value in (("temperature", temperature), ("top_p", top_p), ("min_p", min_p)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name} must be a number, not {value!r}")
-        if isinstance(top_k, bool) or not isinstance(top_k, int):
-            raise ValueError(f"top_k must be an integer, not {top_k!r}")
         tokens = self.tokenize(prompt)
         if not tokens:
             raise ValueError("prompt is empty and the model adds no BOS token; give some text")
         if len(tokens) >= self.n_ctx:
             raise ValueError(f"prompt is {len(tokens)} tokens, which does not fit the context "
                              f"of {self.n_ctx} tokens (raise n_ctx)")
-        self._generation += 1
-        pieces = self._generate(self._generation, tokens, max_tokens, stops,
-                                (temperature, top_k, top_p, min_p, seed))
-        return pieces if stream else "".join(pieces)
+        return tokens
 
-    def _sampler(self, temperature: float, top_k: int, top_p: float, min_p: float, seed: "int | None"):
-        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-        if temperature <= 0:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_greedy())
-            return chain
-        if top_k > 0:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_k(top_k))
-        if top_p < 1.0:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_top_p(top_p, 1))
-        if min_p > 0.0:
-            lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_min_p(min_p, 1))
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_temp(temperature))
-        lib.llama_sampler_chain_add(chain, lib.llama_sampler_init_dist(
-            lib.LLAMA_DEFAULT_SEED if seed is None else seed))
-        return chain
+    def _start(self, prompt: str, max_tokens: int, stop, sampling: dict,
+               top_logprobs: "int | None" = None) -> "Iterator[Step]":
+        """Check everything, then return the (lazy) generation; errors surface here."""
+        self._check_open()
+        _positive_int("max_tokens", max_tokens, minimum=0)
+        stops = (stop,) if isinstance(stop, str) else tuple(stop)
+        if not all(isinstance(s, str) and s for s in stops):
+            raise ValueError("stop must be a string or a sequence of non-empty strings")
+        if sampling.get("seed") is None and self.seed is not None:
+            sampling = dict(sampling, seed=self.seed)
+        settings = Sampling(**sampling)
+        tokens = self._prompt_tokens(prompt)
+        chain = SamplerChain(settings, self._vocab, self.n_vocab, self.n_ctx)
+        self._generation += 1
+        return self._generate(self._generation, tokens, max_tokens, stops, chain, top_logprobs)
+
+    def _token_text(self, token: int) -> str:
+        return self._piece(token).decode("utf-8", "replace")
+
+    def _call_interruptibly(self, fn):
+        """``fn()`` (a C call that may run for seconds), stoppable with Ctrl-C.
+
+        Python sees a signal only in the main thread and only between bytecodes, never
+        inside a C call.  So the call runs on this object's worker thread while the
+        calling thread waits; on KeyboardInterrupt the abort switch makes llama.cpp stop
+        between two graph nodes, and the interrupt is re-raised once the call has
+        returned.  Every decode uses that one thread, whoever calls: ggml's OpenMP team
+        belongs to the thread that starts it, and two teams spinning on the same cores
+        made generation 3x slower when calls came from two threads.
+        """
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rotorquant-decode")
+        future = self._worker.submit(fn)
+        try:
+            return future.result()
+        except KeyboardInterrupt:
+            lib.rq_abort_set(self._abort, True)
+            try:
+                while True:
+                    try:
+                        future.result()
+                        break
+                    except KeyboardInterrupt:  # a second Ctrl-C while stopping
+                        continue
+            finally:
+                lib.rq_abort_set(self._abort, False)
+            raise
 
     def _decode(self, arr, start: int, count: int) -> None:
         batch = lib.llama_batch_get_one(arr + start, count)
         with Capture() as cap:
-            rc = lib.llama_decode(self._ctx, batch)
+            rc = self._call_interruptibly(lambda: lib.llama_decode(self._ctx, batch))
         if rc != 0:
             what = {1: "no KV-cache slot for the batch (context full)", 2: "aborted",
                     -1: "invalid batch"}.get(rc, f"error {rc}")
             raise DecodeError(f"llama_decode failed: {what}", cap.reason())
 
-    def _generate(self, generation: int, tokens: list[int], max_tokens: int,
-                  stops: tuple[str, ...], sampling: tuple) -> Iterator[str]:
-        sampler = self._sampler(*sampling)
+    def _generate(self, generation: int, tokens: list[int], max_tokens: int, stops: tuple[str, ...],
+                  chain: SamplerChain, top_logprobs: "int | None") -> Iterator[Step]:
         try:
-            lib.llama_memory_clear(lib.llama_get_memory(self._ctx), True)
-            lib.llama_perf_context_reset(self._ctx)
-            prompt = ffi.new("llama_token[]", tokens)
-            for start in range(0, len(tokens), self.n_batch):
-                self._decode(prompt, start, min(self.n_batch, len(tokens) - start))
+            with self._lock:
+                if generation != self._generation or self.closed:
+                    return
+                lib.llama_memory_clear(lib.llama_get_memory(self._ctx), True)
+                lib.llama_perf_context_reset(self._ctx)
+                prompt = ffi.new("llama_token[]", tokens)
+                for start in range(0, len(tokens), self.n_batch):
+                    self._decode(prompt, start, min(self.n_batch, len(tokens) - start))
+                chain.accept_prompt(tokens)
             n_past, n_ctx = len(tokens), self.n_ctx
             text = _StopScanner(stops)
             utf8 = codecs.getincrementaldecoder("utf-8")("replace")
             step = ffi.new("llama_token[1]")
+            finish = "length"
             for _ in range(max_tokens):
-                if generation != self._generation or self.closed:
-                    return  # a newer generate() or close() took over the context
-                token = lib.llama_sampler_sample(sampler, self._ctx, -1)
-                if lib.llama_vocab_is_eog(self._vocab, token):
-                    break
-                out, done = text.feed(utf8.decode(self._piece(token)))
-                if out:
-                    yield out
-                if done or n_past >= n_ctx:
+                with self._lock:
+                    if generation != self._generation or self.closed:
+                        return  # a newer generation or close() took over the context
+                    token = chain.sample(self._ctx)
+                    if lib.llama_vocab_is_eog(self._vocab, token):
+                        finish = "stop"
+                        break
+                    lp = top = None
+                    if top_logprobs is not None:
+                        lp, top = logprobs(self._ctx, self.n_vocab, token, top_logprobs)
+                    piece = self._piece(token)
+                out, done = text.feed(utf8.decode(piece))
+                yield Step(out, token, lp, top)
+                if done:
+                    yield Step("", None, finish="stop")
                     return
-                step[0] = token
-                self._decode(step, 0, 1)
+                if n_past >= n_ctx:
+                    break
+                with self._lock:
+                    if generation != self._generation or self.closed:
+                        return
+                    step[0] = token
+                    self._decode(step, 0, 1)
                 n_past += 1
             out, _ = text.feed(utf8.decode(b"", final=True))
-            yield out + text.flush()
+            yield Step(out + text.flush(), None, finish=finish)
         finally:
-            lib.llama_sampler_free(sampler)
+            chain.close()
 
 
 class _StopScanner:
