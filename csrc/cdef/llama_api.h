@@ -82,6 +82,12 @@ struct llama_model_params {
 struct ggml_tensor;
 typedef bool (*ggml_backend_sched_eval_callback)(struct ggml_tensor * t, bool ask, void * user_data);
 
+enum llama_pooling_type {
+    LLAMA_POOLING_TYPE_UNSPECIFIED = ..., LLAMA_POOLING_TYPE_NONE = ..., LLAMA_POOLING_TYPE_MEAN = ...,
+    LLAMA_POOLING_TYPE_CLS = ..., LLAMA_POOLING_TYPE_LAST = ..., LLAMA_POOLING_TYPE_RANK = ...,
+    ...
+};
+
 struct llama_context_params {
     uint32_t n_ctx;
     uint32_t n_batch;
@@ -96,6 +102,8 @@ struct llama_context_params {
     ggml_backend_sched_eval_callback cb_eval;
     void * cb_eval_user_data;
     const char * kv_policy;
+    enum llama_pooling_type pooling_type;
+    bool embeddings;
     ...;
 };
 
@@ -152,6 +160,10 @@ struct llama_batch llama_batch_get_one(llama_token * tokens, int32_t n_tokens);
 int32_t llama_decode(struct llama_context * ctx, struct llama_batch batch);
 float * llama_get_logits_ith(struct llama_context * ctx, int32_t i);
 float * llama_get_logits(struct llama_context * ctx);
+float * llama_get_embeddings_ith(struct llama_context * ctx, int32_t i);
+float * llama_get_embeddings_seq(struct llama_context * ctx, llama_seq_id seq_id);
+enum llama_pooling_type llama_pooling_type(const struct llama_context * ctx);
+uint32_t llama_n_ubatch(const struct llama_context * ctx);
 size_t llama_state_get_size(struct llama_context * ctx);
 size_t llama_state_get_data(struct llama_context * ctx, uint8_t * dst, size_t size);
 size_t llama_state_set_data(struct llama_context * ctx, const uint8_t * src, size_t size);

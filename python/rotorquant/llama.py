@@ -32,6 +32,10 @@ _FLASH_ATTN = {
     "off": lib.LLAMA_FLASH_ATTN_TYPE_DISABLED,
 }
 _UINT32_MAX = 0xFFFFFFFF
+_POOLING = {
+    None: lib.LLAMA_POOLING_TYPE_UNSPECIFIED, "none": lib.LLAMA_POOLING_TYPE_NONE,
+    "mean": lib.LLAMA_POOLING_TYPE_MEAN, "cls": lib.LLAMA_POOLING_TYPE_CLS, "last": lib.LLAMA_POOLING_TYPE_LAST,
+}
 
 
 def _locked(method):
@@ -86,7 +90,8 @@ class Llama:
                  cache_type_v: "str | cache_types.CacheType" = "f16",
                  flash_attn: "str | bool" = "auto", seed: "int | None" = None,
                  n_threads: "int | None" = None, verbose: bool = False, vocab_only: bool = False,
-                 kv_policy: "str | os.PathLike[str] | None" = "auto"):
+                 kv_policy: "str | os.PathLike[str] | None" = "auto", embeddings: bool = False,
+                 pooling: "str | None" = None):
         self._lock = threading.RLock()
         self._model = ffi.NULL
         self._ctx = ffi.NULL
@@ -104,6 +109,12 @@ class Llama:
                 f"cache_type_v={self.cache_type_v.name!r} is quantized, and llama.cpp reads a "
                 "quantized V cache only in flash attention; use flash_attn='auto' or 'on', "
                 "or an unquantized V type (f16, bf16, f32)")
+        if pooling not in _POOLING:
+            raise ValueError(f"pooling must be one of {sorted(k for k in _POOLING if k)} or None "
+                             f"(the model's own), not {pooling!r}")
+        if pooling is not None and not embeddings:
+            raise ValueError("pooling applies to embeddings: pass embeddings=True as well")
+        self.embeddings = bool(embeddings)
         _positive_int("n_ctx", n_ctx, minimum=0)
         _positive_int("n_batch", n_batch)
         if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int):
@@ -138,7 +149,10 @@ class Llama:
         cparams = lib.llama_context_default_params()
         cparams.n_ctx = n_ctx
         cparams.n_batch = n_batch
-        cparams.n_ubatch = min(n_batch, cparams.n_ubatch)
+        # pooled embeddings need a whole text in one physical batch
+        cparams.n_ubatch = n_batch if self.embeddings else min(n_batch, cparams.n_ubatch)
+        cparams.embeddings = self.embeddings
+        cparams.pooling_type = _POOLING[pooling]
         cparams.n_threads = self.n_threads
         cparams.n_threads_batch = self.n_threads
         cparams.flash_attn_type = _FLASH_ATTN[fa]
@@ -359,6 +373,49 @@ class Llama:
         if n == 0:
             raise ValueError(f"state of {len(data)} bytes does not fit this context: {cap.reason() or 'rejected'}")
 
+    # -- embeddings ----------------------------------------------------------
+    @_locked
+    def embed(self, text: "str | Sequence[str]", *, normalize: bool = True):
+        """Embedding of ``text`` (a list of floats), or of each text of a sequence.
+
+        Needs ``Llama(..., embeddings=True)``.  The vector is pooled as the model says
+        (or as ``pooling`` chose: mean, cls, last); with ``pooling="none"`` one vector per
+        token is returned instead.  ``normalize`` scales every vector to unit length.
+        Each text is evaluated alone, in one batch of at most ``n_batch`` tokens.
+        """
+        self._check_open()
+        if not self.embeddings:
+            raise ValueError("this Llama computes no embeddings: open it with embeddings=True")
+        if isinstance(text, str):
+            return self._embed_one(text, normalize)
+        texts = list(text)
+        if not all(isinstance(t, str) for t in texts):
+            raise TypeError("text must be a str or a sequence of str")
+        return [self._embed_one(t, normalize) for t in texts]
+
+    def _embed_one(self, text: str, normalize: bool):
+        tokens = self.tokenize(text)
+        if not tokens:
+            raise ValueError("text is empty and the model adds no BOS token")
+        limit = min(self.n_ctx, int(lib.llama_n_ubatch(self._ctx)))
+        if len(tokens) > limit:
+            raise ValueError(f"text is {len(tokens)} tokens; embeddings take at most {limit} "
+                             "(raise n_batch and n_ctx)")
+        self._generation += 1
+        lib.llama_memory_clear(lib.llama_get_memory(self._ctx), True)
+        arr = ffi.new("llama_token[]", tokens)
+        self._decode(arr, 0, len(tokens))
+        n_embd = int(lib.llama_model_n_embd(self._model))
+        if lib.llama_pooling_type(self._ctx) == lib.LLAMA_POOLING_TYPE_NONE:
+            rows = [lib.llama_get_embeddings_ith(self._ctx, i) for i in range(len(tokens))]
+            if any(r == ffi.NULL for r in rows):
+                raise ValueError("llama.cpp returned no per-token embeddings")
+            return [_unit(list(ffi.unpack(r, n_embd)), normalize) for r in rows]
+        ptr = lib.llama_get_embeddings_seq(self._ctx, 0)
+        if ptr == ffi.NULL:
+            raise ValueError("llama.cpp returned no pooled embedding")
+        return _unit(list(ffi.unpack(ptr, n_embd)), normalize)
+
     # -- generation ----------------------------------------------------------
     @_locked
     def generate(self, prompt: str, max_tokens: int = 128, *, stop: "str | Sequence[str]" = (),
@@ -515,6 +572,13 @@ class Llama:
             yield Step(out + text.flush(), None, finish=finish)
         finally:
             chain.close()
+
+
+def _unit(v: list[float], normalize: bool) -> list[float]:
+    if not normalize:
+        return v
+    norm = sum(x * x for x in v) ** 0.5
+    return [x / norm for x in v] if norm > 0 else v
 
 
 class _StopScanner:
