@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The GPU session of issue 5 in two calls (the machine is released 30 s after a call; a
+# fresh one needs the full build).  Carry: .carry .whl .m1 on the first call, .m2 on the
+# second (SmolLM2 split in two: tools/device/README.md).
+#   bash tools/device/session.sh build     # models in the background, build, CUDA suite
+#   bash tools/device/session.sh measure   # real-model test, speed tables (both kernels)
+# Everything it prints is also under $OUT.
+set -uo pipefail
+export PIP_NO_INDEX=1 RQ_CACHE_DIR=/root/rqcache
+out=${OUT:-/tmp/rq-out}
+mkdir -p "$out" /root/rqcache/assets
+case "${1:-}" in
+build)
+    cp .m1/* /root/rqcache/
+    bash tools/device/synth_models.sh
+    source tools/device/cuda_build.sh 90 > "$out/build.txt" 2>&1 || { tail -40 "$out/build.txt"; exit 1; }
+    set +e  # cuda_build.sh turns errexit on
+    cat "$out/build.txt"
+    python3 tools/device/cuda_set_rows_diag.py 2>&1 | tee "$out/diag.txt" | grep -E "bytes equal|mean row"
+    timeout 200 python3 -m pytest -m cuda tests/test_cuda.py -q -k "not real_model" -p no:cacheprovider \
+        > "$out/cuda_tests.txt" 2>&1
+    tail -25 "$out/cuda_tests.txt"
+    cat /root/models/log
+    ;;
+measure)
+    export PYTHONPATH=/tmp/site
+    cat /root/rqcache/smol.00 .m2/smol.01 .m2/smol.02 > /root/rqcache/assets/SmolLM2-135M-Instruct.Q4_1.gguf
+    timeout 120 python3 -X faulthandler -m pytest -m cuda tests/test_cuda.py -q -k real_model -p no:cacheprovider \
+        > "$out/real_model.txt" 2>&1
+    tail -40 "$out/real_model.txt"
+    for i in $(seq 60); do [ -f /root/models/l8b-q4km.gguf ] && break; sleep 3; done
+    timeout 250 python3 tools/bench_cuda.py /root/models/l8b-q4km.gguf --types f16,q4_0,iso3,iso3@mma,planar3@mma \
+        --reps 2 --label "Llama-3.1-8B shape, Q4_K_M" 2>&1 | tail -14
+    for i in $(seq 60); do [ -f /root/models/q35h-q4km.gguf ] && break; sleep 3; done
+    timeout 150 python3 tools/bench_cuda.py /root/models/q35h-q4km.gguf --types f16,q4_0,iso3,iso3@mma --reps 1 \
+        --label "Qwen3.5 hybrid shape (head_dim 256, 2 KV heads), Q4_K_M" 2>&1 | tail -12
+    cp docs/BENCHMARKS.md "$out/"
+    ;;
+*)
+    echo "usage: $0 build|measure" >&2; exit 2 ;;
+esac
