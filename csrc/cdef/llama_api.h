@@ -43,6 +43,9 @@ ggml_backend_dev_t ggml_backend_dev_get(size_t index);
 const char *       ggml_backend_dev_name(ggml_backend_dev_t device);
 const char *       ggml_backend_dev_description(ggml_backend_dev_t device);
 ggml_backend_reg_t ggml_backend_dev_backend_reg(ggml_backend_dev_t device);
+ggml_backend_dev_t ggml_backend_dev_by_name(const char * name);
+typedef struct ggml_backend_buffer_type * ggml_backend_buffer_type_t;
+ggml_backend_buffer_type_t ggml_backend_dev_buffer_type(ggml_backend_dev_t device);
 
 /* ---- llama: types -------------------------------------------------------- */
 #define LLAMA_DEFAULT_SEED ...
@@ -73,11 +76,30 @@ typedef struct llama_batch {
     int8_t * logits;
 } llama_batch;
 
+enum llama_split_mode {
+    LLAMA_SPLIT_MODE_NONE = ..., LLAMA_SPLIT_MODE_LAYER = ..., LLAMA_SPLIT_MODE_ROW = ...,
+    LLAMA_SPLIT_MODE_TENSOR = ..., ...
+};
+enum llama_load_mode {
+    LLAMA_LOAD_MODE_AUTO = ..., LLAMA_LOAD_MODE_NONE = ..., LLAMA_LOAD_MODE_MMAP = ...,
+    LLAMA_LOAD_MODE_MLOCK = ..., LLAMA_LOAD_MODE_MMAP_MLOCK = ..., ...
+};
+struct llama_model_tensor_buft_override {
+    const char * pattern;
+    ggml_backend_buffer_type_t buft;
+};
+
 struct llama_model_params {
+    const struct llama_model_tensor_buft_override * tensor_buft_overrides;
     int32_t n_gpu_layers;
+    enum llama_split_mode split_mode;
+    enum llama_load_mode load_mode;
+    int32_t main_gpu;
+    const float * tensor_split;
     bool vocab_only;
     ...;
 };
+size_t llama_max_devices(void);
 
 struct ggml_tensor;
 typedef bool (*ggml_backend_sched_eval_callback)(struct ggml_tensor * t, bool ask, void * user_data);

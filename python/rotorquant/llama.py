@@ -15,7 +15,7 @@ import functools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from . import cache_types
 from ._logging import Capture
@@ -24,6 +24,7 @@ from .errors import ContextError, DecodeError, ModelLoadError
 from .gguf_check import check_gguf_path
 from .kvpolicy import locate as _kv_locate
 from .completion import Step, completion, completion_chunks
+from .placement import Placement
 from .sampling import SamplerChain, Sampling, logprobs
 
 _FLASH_ATTN = {
@@ -79,6 +80,12 @@ class Llama:
     llama.cpp decide.  A quantized V cache needs flash attention, so
     ``flash_attn="off"`` with a quantized ``cache_type_v`` is refused up front.
 
+    Placement (:mod:`rotorquant.placement`): ``split_mode`` ("none", "layer", "row",
+    "tensor"), ``main_gpu``, ``tensor_split`` (shares per GPU), ``override_tensor``
+    ({"exps": "CPU"}: tensor-name regex -> device), ``n_cpu_moe`` (experts of the first N
+    layers stay in RAM), ``use_mmap`` / ``use_mlock`` (None: llama.cpp decides).
+    ``embeddings=True`` (with ``pooling``) makes :meth:`embed` available.
+
     ``kv_policy`` shapes a quantized cache per model (``rq-run calibrate`` writes one):
     ``"auto"`` uses the model's policy file if there is one (``MODEL.kvpolicy.gguf``
     or the user cache), a path uses that file, ``None`` uses none.  The policy in use
@@ -91,7 +98,10 @@ class Llama:
                  flash_attn: "str | bool" = "auto", seed: "int | None" = None,
                  n_threads: "int | None" = None, verbose: bool = False, vocab_only: bool = False,
                  kv_policy: "str | os.PathLike[str] | None" = "auto", embeddings: bool = False,
-                 pooling: "str | None" = None):
+                 pooling: "str | None" = None, split_mode: str = "layer", main_gpu: int = 0,
+                 tensor_split: "Sequence[float] | None" = None,
+                 override_tensor: "Mapping[str, str] | None" = None, n_cpu_moe: int = 0,
+                 use_mmap: "bool | None" = None, use_mlock: bool = False):
         self._lock = threading.RLock()
         self._model = ffi.NULL
         self._ctx = ffi.NULL
@@ -115,6 +125,9 @@ class Llama:
         if pooling is not None and not embeddings:
             raise ValueError("pooling applies to embeddings: pass embeddings=True as well")
         self.embeddings = bool(embeddings)
+        placement = Placement(split_mode=split_mode, main_gpu=main_gpu, tensor_split=tensor_split,
+                              override_tensor=override_tensor, n_cpu_moe=n_cpu_moe,
+                              use_mmap=use_mmap, use_mlock=use_mlock)
         _positive_int("n_ctx", n_ctx, minimum=0)
         _positive_int("n_batch", n_batch)
         if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int):
@@ -135,6 +148,7 @@ class Llama:
         mparams = lib.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
         mparams.vocab_only = bool(vocab_only)
+        placement.apply(mparams)
         with Capture() as cap:
             self._model = lib.llama_model_load_from_file(os.fsencode(path), mparams)
         if self._model == ffi.NULL:
