@@ -366,26 +366,56 @@ class Llama:
         return out
 
     @_locked
-    def save_state(self) -> bytes:
-        """The context's whole state (KV cache in its own type, logits, RNG) as bytes."""
+    def save_state(self, path: "str | os.PathLike[str] | None" = None, *,
+                   seq_id: "int | None" = None) -> "bytes | None":
+        """The context's state (KV cache in its own type, logits, RNG) as bytes, or into
+        the file ``path`` (written whole or not at all).  ``seq_id`` takes one sequence's
+        cache only, for :meth:`load_state` into the same or another sequence."""
         self._check_open()
-        size = lib.llama_state_get_size(self._ctx)
-        buf = ffi.new("uint8_t[]", size)
-        n = lib.llama_state_get_data(self._ctx, buf, size)
-        return ffi.unpack(ffi.cast("char *", buf), n)
+        seq = self._seq(seq_id)
+        if seq is None:
+            size = lib.llama_state_get_size(self._ctx)
+            buf = ffi.new("uint8_t[]", size)
+            n = lib.llama_state_get_data(self._ctx, buf, size)
+        else:
+            size = lib.llama_state_seq_get_size(self._ctx, seq)
+            buf = ffi.new("uint8_t[]", size)
+            n = lib.llama_state_seq_get_data(self._ctx, buf, size, seq)
+        data = ffi.unpack(ffi.cast("char *", buf), n)
+        if path is None:
+            return data
+        _write_whole(os.fspath(path), _STATE_MAGIC + data)
+        return None
 
     @_locked
-    def load_state(self, state: bytes) -> None:
-        """Restore a state from ``save_state`` of a context with the same model and settings."""
+    def load_state(self, state: "bytes | str | os.PathLike[str]", *, seq_id: "int | None" = None) -> None:
+        """Restore a state from :meth:`save_state` (bytes or a file) of a context with the
+        same model and settings; with ``seq_id``, a one-sequence state into that sequence."""
         self._check_open()
-        if not isinstance(state, (bytes, bytearray, memoryview)):
-            raise TypeError(f"state must be bytes, not {type(state).__name__}")
+        seq = self._seq(seq_id)
+        if isinstance(state, (str, os.PathLike)):
+            raw = open(state, "rb").read()
+            if not raw.startswith(_STATE_MAGIC):
+                raise ValueError(f"{os.fspath(state)} is not a rotorquant state file")
+            data = raw[len(_STATE_MAGIC):]
+        elif isinstance(state, (bytes, bytearray, memoryview)):
+            data = bytes(state)
+        else:
+            raise TypeError(f"state must be bytes or a path, not {type(state).__name__}")
         self._generation += 1
-        data = bytes(state)
         with Capture() as cap:
-            n = lib.llama_state_set_data(self._ctx, data, len(data))
+            n = (lib.llama_state_set_data(self._ctx, data, len(data)) if seq is None
+                 else lib.llama_state_seq_set_data(self._ctx, data, len(data), seq))
         if n == 0:
             raise ValueError(f"state of {len(data)} bytes does not fit this context: {cap.reason() or 'rejected'}")
+
+    def _seq(self, seq_id: "int | None") -> "int | None":
+        if seq_id is None:
+            return None
+        n = int(lib.llama_n_seq_max(self._ctx))
+        if isinstance(seq_id, bool) or not isinstance(seq_id, int) or not 0 <= seq_id < n:
+            raise ValueError(f"seq_id must be an integer in [0, {n}), not {seq_id!r}")
+        return seq_id
 
     # -- embeddings ----------------------------------------------------------
     @_locked
@@ -586,6 +616,25 @@ class Llama:
             yield Step(out + text.flush(), None, finish=finish)
         finally:
             chain.close()
+
+
+_STATE_MAGIC = b"RQSTATE1"  # file header: a clear error for anything else
+
+
+def _write_whole(path: str, data: bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename it: never a partial file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def _unit(v: list[float], normalize: bool) -> list[float]:
