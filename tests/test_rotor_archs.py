@@ -48,3 +48,16 @@ def test_hybrid_qwen35_stores_only_attention_layers_in_rotor_types(arch_models, 
         llm.load_state(state)
         llm.eval([9])
         assert np.array_equal(np.array(llm.logits()), after)
+
+
+@pytest.mark.parametrize("name", ["qwen35-dense"])
+def test_prompt_reuse_on_a_hybrid_model_starts_over_and_stays_correct(arch_models, name):
+    """The recurrent state cannot drop a tail, so a longer prompt is evaluated whole, and
+    the output equals a fresh context's."""
+    kw = dict(n_ctx=256, cache_type_k="iso3", cache_type_v="iso3", kv_policy=None)
+    with Llama(arch_models[name], **kw) as llm:
+        llm.generate("hello world", max_tokens=4, temperature=0)
+        got = llm.generate("hello world and more", max_tokens=4, temperature=0)
+        assert llm.perf()["prompt_reused_tokens"] == 0
+    with Llama(arch_models[name], **kw) as fresh:
+        assert got == fresh.generate("hello world and more", max_tokens=4, temperature=0)

@@ -108,6 +108,8 @@ class Llama:
         self._abort = ffi.NULL
         self._worker: "ThreadPoolExecutor | None" = None
         self._generation = 0  # bumps on every generate(); stale streams stop
+        self._cached: "list[int] | None" = []  # tokens in the KV cache, in order (None: unknown)
+        self._reused = 0                          # prompt tokens the last generation took from it
 
         # Everything checkable is checked before any C call.
         path = check_gguf_path(model_path)
@@ -273,11 +275,13 @@ class Llama:
 
     @_locked
     def perf(self) -> dict[str, float]:
-        """llama.cpp's counters for the last ``generate``: tokens and milliseconds."""
+        """llama.cpp's counters for the last ``generate``: tokens and milliseconds, and
+        how many prompt tokens came from the KV cache of earlier calls (not evaluated)."""
         self._check_open()
         p = lib.llama_perf_context(self._ctx)
         return {"prompt_tokens": p.n_p_eval, "prompt_ms": p.t_p_eval_ms,
-                "generated_tokens": p.n_eval, "generate_ms": p.t_eval_ms}
+                "generated_tokens": p.n_eval, "generate_ms": p.t_eval_ms,
+                "prompt_reused_tokens": self._reused}
 
     # -- text <-> tokens ---------------------------------------------------
     @_locked
@@ -342,6 +346,7 @@ class Llama:
         self._check_open()
         self._generation += 1
         lib.llama_memory_clear(lib.llama_get_memory(self._ctx), True)
+        self._cached = []
 
     @_locked
     def eval(self, tokens: Sequence[int]) -> None:
@@ -352,6 +357,8 @@ class Llama:
         arr = ffi.new("llama_token[]", ids)
         for start in range(0, len(ids), self.n_batch):
             self._decode(arr, start, min(self.n_batch, len(ids) - start))
+        if self._cached is not None:
+            self._cached += ids
 
     @_locked
     def logits(self) -> "array.array[float]":
@@ -406,6 +413,7 @@ class Llama:
         with Capture() as cap:
             n = (lib.llama_state_set_data(self._ctx, data, len(data)) if seq is None
                  else lib.llama_state_seq_set_data(self._ctx, data, len(data), seq))
+        self._cached = None  # the state's tokens are not recorded in it for us
         if n == 0:
             raise ValueError(f"state of {len(data)} bytes does not fit this context: {cap.reason() or 'rejected'}")
 
@@ -447,6 +455,7 @@ class Llama:
                              "(raise n_batch and n_ctx)")
         self._generation += 1
         lib.llama_memory_clear(lib.llama_get_memory(self._ctx), True)
+        self._cached = None
         arr = ffi.new("llama_token[]", tokens)
         self._decode(arr, 0, len(tokens))
         n_embd = int(lib.llama_model_n_embd(self._model))
@@ -472,8 +481,9 @@ class Llama:
         is greedy decoding.  Generation ends at an end-of-generation token, after
         ``max_tokens``, when the context is full, or just before the first ``stop``
         string (which is not returned).  With ``stream=True`` an iterator of text pieces
-        is returned; starting another generation ends an unfinished stream.  The KV cache
-        is cleared at the start of every call.
+        is returned; starting another generation ends an unfinished stream.  What the KV
+        cache holds from earlier calls is reused for the prefix this prompt shares with it
+        (a chat's earlier turns are not evaluated again); the rest is dropped.
         """
         steps = self._start(prompt, max_tokens, stop, sampling)
         pieces = (step.text for step in steps if step.text)
@@ -529,6 +539,25 @@ class Llama:
         self._generation += 1
         return self._generate(self._generation, tokens, max_tokens, stops, chain, top_logprobs)
 
+    def _keep_prefix(self, tokens: list[int]) -> int:
+        """Reuse the KV cache for the longest prefix ``tokens`` shares with what it holds
+        (a chat's earlier turns, a fixed system prompt): drop the rest and return how many
+        tokens stay.  At least the last token is evaluated again, for its logits.  Where
+        the memory cannot drop a tail (recurrent state of hybrid models), start over."""
+        mem = lib.llama_get_memory(self._ctx)
+        keep = 0
+        if self._cached:
+            for a, b in zip(self._cached, tokens[:-1]):
+                if a != b:
+                    break
+                keep += 1
+        if keep == 0 or not lib.llama_memory_seq_rm(mem, 0, keep, -1):
+            lib.llama_memory_clear(mem, True)
+            keep = 0
+        self._cached = list(tokens[:keep])
+        self._reused = keep
+        return keep
+
     def _token_text(self, token: int) -> str:
         return self._piece(token).decode("utf-8", "replace")
 
@@ -564,8 +593,13 @@ class Llama:
     def _decode(self, arr, start: int, count: int) -> None:
         batch = lib.llama_batch_get_one(arr + start, count)
         with Capture() as cap:
-            rc = self._call_interruptibly(lambda: lib.llama_decode(self._ctx, batch))
+            try:
+                rc = self._call_interruptibly(lambda: lib.llama_decode(self._ctx, batch))
+            except BaseException:
+                self._cached = None  # part of the batch may be in the cache
+                raise
         if rc != 0:
+            self._cached = None
             what = {1: "no KV-cache slot for the batch (context full)", 2: "aborted",
                     -1: "invalid batch"}.get(rc, f"error {rc}")
             raise DecodeError(f"llama_decode failed: {what}", cap.reason())
@@ -576,11 +610,12 @@ class Llama:
             with self._lock:
                 if generation != self._generation or self.closed:
                     return
-                lib.llama_memory_clear(lib.llama_get_memory(self._ctx), True)
                 lib.llama_perf_context_reset(self._ctx)
+                keep = self._keep_prefix(tokens)
                 prompt = ffi.new("llama_token[]", tokens)
-                for start in range(0, len(tokens), self.n_batch):
+                for start in range(keep, len(tokens), self.n_batch):
                     self._decode(prompt, start, min(self.n_batch, len(tokens) - start))
+                self._cached = list(tokens)
                 chain.accept_prompt(tokens)
             n_past, n_ctx = len(tokens), self.n_ctx
             text = _StopScanner(stops)
@@ -611,6 +646,8 @@ class Llama:
                         return
                     step[0] = token
                     self._decode(step, 0, 1)
+                    if self._cached is not None:
+                        self._cached.append(token)
                 n_past += 1
             out, _ = text.feed(utf8.decode(b"", final=True))
             yield Step(out + text.flush(), None, finish=finish)
