@@ -485,7 +485,7 @@ class Llama:
         cache holds from earlier calls is reused for the prefix this prompt shares with it
         (a chat's earlier turns are not evaluated again); the rest is dropped.
         """
-        steps = self._start(prompt, max_tokens, stop, sampling)
+        _, steps = self._start(prompt, max_tokens, stop, sampling)
         pieces = (step.text for step in steps if step.text)
         return pieces if stream else "".join(pieces)
 
@@ -505,8 +505,7 @@ class Llama:
             _positive_int("logprobs", logprobs, minimum=0)
             if logprobs > 20:
                 raise ValueError(f"logprobs must be at most 20, not {logprobs}")
-        n_prompt = len(self._prompt_tokens(prompt))
-        steps = self._start(prompt, max_tokens, stop, sampling, top_logprobs=logprobs)
+        n_prompt, steps = self._start(prompt, max_tokens, stop, sampling, top_logprobs=logprobs)
         model = os.path.basename(self.model_path)
         if stream:
             return completion_chunks(steps, model, logprobs is not None, self._token_text)
@@ -524,8 +523,9 @@ class Llama:
         return tokens
 
     def _start(self, prompt: str, max_tokens: int, stop, sampling: dict,
-               top_logprobs: "int | None" = None) -> "Iterator[Step]":
-        """Check everything, then return the (lazy) generation; errors surface here."""
+               top_logprobs: "int | None" = None) -> "tuple[int, Iterator[Step]]":
+        """Check everything, then return the prompt's length in tokens and the (lazy)
+        generation; errors surface here, not at the first step."""
         self._check_open()
         _positive_int("max_tokens", max_tokens, minimum=0)
         stops = (stop,) if isinstance(stop, str) else tuple(stop)
@@ -537,7 +537,7 @@ class Llama:
         tokens = self._prompt_tokens(prompt)
         chain = SamplerChain(settings, self._vocab, self.n_vocab, self.n_ctx)
         self._generation += 1
-        return self._generate(self._generation, tokens, max_tokens, stops, chain, top_logprobs)
+        return len(tokens), self._generate(self._generation, tokens, max_tokens, stops, chain, top_logprobs)
 
     def _keep_prefix(self, tokens: list[int]) -> int:
         """Reuse the KV cache for the longest prefix ``tokens`` shares with what it holds

@@ -75,9 +75,9 @@ class Sampling:
     grammar_root: str = "root"
 
     def __post_init__(self) -> None:
-        for name in ("temperature", "top_p", "min_p", "typical_p", "top_n_sigma", "repeat_penalty",
-                     "presence_penalty", "frequency_penalty", "dry_multiplier", "dry_base",
-                     "xtc_probability", "xtc_threshold", "mirostat_tau", "mirostat_eta"):
+        for name in ("temperature", "typical_p", "top_n_sigma", "repeat_penalty", "presence_penalty",
+                     "frequency_penalty", "dry_multiplier", "dry_base", "xtc_threshold",
+                     "mirostat_tau", "mirostat_eta"):
             _number(name, getattr(self, name))
         _integer("top_k", self.top_k, -1)
         _integer("penalty_last_n", self.penalty_last_n, -1)
@@ -125,7 +125,10 @@ class SamplerChain:
         self._inner = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
         self._outer = self._inner
         seed = lib.LLAMA_DEFAULT_SEED if s.seed is None else s.seed
-        add = self._add_to(self._inner)
+
+        def add(smpl) -> None:
+            lib.llama_sampler_chain_add(self._inner, smpl)
+
         if s.logit_bias:
             arr = ffi.new("llama_logit_bias[]", len(s.logit_bias))
             for i, (tok, value) in enumerate(s.logit_bias.items()):
@@ -173,10 +176,6 @@ class SamplerChain:
             self._outer = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
             lib.llama_sampler_chain_add(self._outer, grammar)
             lib.llama_sampler_chain_add(self._outer, self._inner)  # the outer chain owns it now
-
-    @staticmethod
-    def _add_to(chain):
-        return lambda smpl: lib.llama_sampler_chain_add(chain, smpl)
 
     def accept_prompt(self, tokens: Iterable[int]) -> None:
         """Let penalties and DRY see the prompt (the grammar does not)."""
