@@ -5,9 +5,7 @@ Cross-backend contract (the public fork broke it with three rotation tables):
   * decoding the same bytes gives the same floats up to float rounding of the inverse
     rotation (fused vs separate multiply-adds): |delta| <= 1e-6 * max |value|;
   * flash attention agrees with the CPU's, and with float64 attention over the decoded
-    cache, to float rounding (decode: our kernels; prompts: upstream's kernels on f16 copies).
-    Decode has two kernels (RQ_CUDA_FA_DECODE): "scalar" computes in f32 throughout, "mma"
-    on tensor cores with f16 operands, so it gets the bound of the f16 prompt kernels.
+    cache, to float rounding (decode: our kernel; prompts: upstream's kernels on f16 copies).
 """
 import numpy as np
 import pytest
@@ -20,13 +18,6 @@ pytestmark = [
     pytest.mark.cuda,
     pytest.mark.skipif(CUDA not in device_names(), reason="no CUDA device (CPU build or no GPU)"),
 ]
-
-
-@pytest.fixture(params=["scalar", "mma"])
-def decode_kernel(request, monkeypatch):
-    """Which decode kernel runs (read by the CUDA backend at every launch)."""
-    monkeypatch.setenv("RQ_CUDA_FA_DECODE", request.param)
-    return request.param
 
 
 def rows(n, d, seed):
@@ -122,7 +113,7 @@ SHAPES = [  # (n_q, n_kv, head_dim, n_head, n_head_kv): n_q == 1 is decode (our 
 
 @pytest.mark.parametrize("k_type, v_type", PAIRS)
 @pytest.mark.parametrize("n_q, n_kv, d, n_head, n_head_kv", SHAPES)
-def test_flash_attention_agrees_with_the_cpu(k_type, v_type, n_q, n_kv, d, n_head, n_head_kv, decode_kernel):
+def test_flash_attention_agrees_with_the_cpu(k_type, v_type, n_q, n_kv, d, n_head, n_head_kv):
     rng = np.random.default_rng(n_kv + d)
     q = rng.standard_normal((n_head, n_q, d)).astype(np.float32)
     k = rows(n_head_kv * n_kv, d, seed=5).reshape(n_head_kv, n_kv, d) * 0.3
@@ -132,21 +123,21 @@ def test_flash_attention_agrees_with_the_cpu(k_type, v_type, n_q, n_kv, d, n_hea
     got, kd, vd = flash_attn(CUDA, q, k, v, k_type, v_type, mask)
     cpu, _, _ = flash_attn("CPU", q, k, v, k_type, v_type, mask)
     exact = attention(q, kd, vd, 1.0 / np.sqrt(d), mask)
-    # scalar decode runs in f32 end to end; prompts use f16 copies of K/V (upstream's kernels)
-    bound = 1e-5 if n_q == 1 and k_type in OURS and decode_kernel == "scalar" else 5e-4
+    # decode runs in f32 end to end; prompts use f16 copies of K/V (upstream's kernels)
+    bound = 1e-5 if n_q == 1 and k_type in OURS else 5e-4
     assert nmse(got, exact) < bound
     assert nmse(got, cpu) < bound
 
 
 @pytest.mark.parametrize("k_type", ["iso3", "planar4"])
-def test_decode_with_logit_softcap(k_type, decode_kernel):
+def test_decode_with_logit_softcap(k_type):
     rng = np.random.default_rng(9)
     q = rng.standard_normal((8, 1, 256)).astype(np.float32) * 4
     k = rng.standard_normal((2, 700, 256)).astype(np.float32)
     v = rng.standard_normal((2, 700, 256)).astype(np.float32)
     got, kd, vd = flash_attn(CUDA, q, k, v, k_type, "f16", softcap=30.0)
     cpu, _, _ = flash_attn("CPU", q, k, v, k_type, "f16", softcap=30.0)
-    assert nmse(got, cpu) < (1e-6 if decode_kernel == "scalar" else 5e-4)
+    assert nmse(got, cpu) < 1e-6
 
 
 def next_token_logits(llm, tokens, n_prompt):

@@ -7,9 +7,6 @@ on), and each figure is also given as a ratio to f16/f16 of the same run:
     python tools/bench_cuda.py MODEL.gguf [--types f16,q4_0,iso3,planar3,iso4] [--reps 2]
                                [--label "Llama-3.1-8B shape, Q4_K_M"] [--no-long]
 
-A type written ``iso3@mma`` runs with ``RQ_CUDA_FA_DECODE=mma`` (the tensor-core decode
-kernel) instead of the default scalar one, so one run compares both.
-
 Tests: pp512, tg128, pp512 and tg128 at depth 16384, tg64 at depth 65536 (``--no-long``
 drops the last).  The table goes to docs/BENCHMARKS.md (section ``cuda-speed-<slug>``).
 """
@@ -18,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import re
 import subprocess
 import sys
@@ -37,12 +33,10 @@ def llama_bench() -> Path:
     return Path(BIN_DIR) / "llama-bench"
 
 
-def run_bench(model: Path, cache_kernel: str, args: list[str], reps: int) -> dict[str, float]:
-    cache, _, kernel = cache_kernel.partition("@")
-    env = dict(os.environ, RQ_CUDA_FA_DECODE=kernel or "scalar")
+def run_bench(model: Path, cache: str, args: list[str], reps: int) -> dict[str, float]:
     cmd = [str(llama_bench()), "-m", str(model), "-ngl", "99", "-fa", "1", "-ctk", cache, "-ctv", cache,
            "-r", str(reps), "-o", "jsonl", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"llama-bench failed for {cache}:\n{proc.stderr[-2000:]}")
     out = {}
@@ -86,11 +80,7 @@ def main() -> int:
 
     tests = [k for k in TARGETS if k in results["f16"]]
     label = a.label or a.model.name
-    def column(t: str) -> str:
-        cache, _, kernel = t.partition("@")
-        return f"{cache}/{cache}" + (f" ({kernel})" if kernel else "")
-
-    head = "| test | " + " | ".join(column(t) for t in types) + " | target (iso3/planar3) |"
+    head = "| test | " + " | ".join(f"{t}/{t}" for t in types) + " | target (iso3/planar3) |"
     lines = [
         f"## CUDA speed: {label}",
         "",

@@ -15,17 +15,30 @@
 // accumulates an 8-value slot of V for up to 8 heads over its share of the tile's rows.
 // Slices of the KV range run in parallel blocks; the combine kernel merges them.
 #include "rq-cuda-codec.cuh"
-#include "rq-cuda-fattn.cuh"
 #include "rq-cuda.h"
 
 #include <algorithm>
 #include <cfloat>
-#include <cstdlib>
-#include <cstring>
 
 namespace {
 
 constexpr int RQ_FA_THREADS = 128;  // = rows per tile
+enum rq_v_kind { RQ_V_RQ3 = 0, RQ_V_RQ4 = 1, RQ_V_F16 = 2, RQ_V_Q8_0 = 3 };
+
+struct rq_fattn_params {
+    const char * Q;
+    const char * K;
+    const char * V;
+    const half * mask;      // row of query 0 of sequence 0; nullptr if none
+    float * part;           // [seq][head][split][D] partial outputs (rotated basis for rotor V)
+    float2 * meta;          // [seq][head][split] (running max, sum of exp)
+    float scale, max_bias, m0, m1, softcap;
+    uint32_t n_head_log2;
+    int n_kv, n_head, n_head_kv, gqa, n_splits, split_len;
+    int64_t nb02, nb03, nb11, nb12, nb13, nb21, nb22, nb23, mask_nb3;
+    int mask_ne3;
+    bool k_iso;
+};
 
 // Position p (in the order a thread reads codes) of element j of a block.
 //   3-bit: u16 word i of qs holds elements 16 f + 2 i + c2 (f = 0..3, c2 = 0, 1) -> p = 8 i + 2 f + c2
@@ -192,12 +205,19 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
     // Queries: rotate each quartet, scale, store in code order.  Heads past gqa are zero.
     for (int u = tid; u < GP*(D/4); u += T) {
         const int h = u / (D/4), m = u % (D/4);
-        float y[4];
-        rq_query_quartet(p, seq, hq0, h, m, y);
+        float x[4] = {0.0f, 0.0f, 0.0f, 0.0f}, y[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (h < p.gqa) {
+            const float * q = (const float *) (p.Q + seq*p.nb03 + (hq0 + h)*p.nb02) + 4*m;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                x[e] = q[e];
+            }
+            rq_rotate_quartet(p.k_iso, m % (RQ_QK/4), x, y);
+        }
         const int b = (4*m) / RQ_QK;
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-            sQ[h*D + b*RQ_QK + rq_code_pos<KBITS>((4*m) % RQ_QK + e)] = y[e];
+            sQ[h*D + b*RQ_QK + rq_code_pos<KBITS>((4*m) % RQ_QK + e)] = p.scale*y[e];
         }
     }
     __syncthreads();
@@ -559,12 +579,7 @@ void rq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx, ggml_tensor 
     cudaStream_t stream = ctx.stream();
     const dim3 grid(p.n_splits, p.n_head_kv*n_seq, 1);
     const int kbits = rq_bits_of(K->type), vk = rq_v_kind_of(V->type), gp = rq_group_pad(p.gqa);
-    // RQ_CUDA_FA_DECODE=mma selects the tensor-core kernel (rq-cuda-fattn-mma.cu); it is
-    // read at every launch so that one build can compare both kernels.
-    const char * which = getenv("RQ_CUDA_FA_DECODE");
-    if (which && strcmp(which, "mma") == 0) {
-        rq_fattn_mma_launch(p, D, kbits, vk, grid, stream);
-    } else switch (D) {
+    switch (D) {
         case 64:  rq_launch_k<64 >(p, kbits, vk, gp, grid, stream); break;
         case 128: rq_launch_k<128>(p, kbits, vk, gp, grid, stream); break;
         case 256: rq_launch_k<256>(p, kbits, vk, gp, grid, stream); break;

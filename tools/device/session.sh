@@ -24,15 +24,18 @@ build)
     ;;
 measure)
     export PYTHONPATH=/tmp/site
+    # a fresh machine (the build call's one was released) has nothing to measure
+    (cd /tmp && python3 -c "import rotorquant" 2>/dev/null) ||
+        { echo "rotorquant is not installed here: the machine was released; run 'build' again" >&2; exit 3; }
     cat /root/rqcache/smol.00 .m2/smol.01 .m2/smol.02 > /root/rqcache/assets/SmolLM2-135M-Instruct.Q4_1.gguf
     timeout 120 python3 -X faulthandler -m pytest -m cuda tests/test_cuda.py -q -k real_model -p no:cacheprovider \
         > "$out/real_model.txt" 2>&1
     tail -40 "$out/real_model.txt"
     for i in $(seq 60); do [ -f /root/models/l8b-q4km.gguf ] && break; sleep 3; done
-    timeout 250 python3 tools/bench_cuda.py /root/models/l8b-q4km.gguf --types f16,q4_0,iso3,iso3@mma,planar3@mma \
+    timeout 250 python3 tools/bench_cuda.py /root/models/l8b-q4km.gguf --types f16,q4_0,iso3,planar3 \
         --reps 2 --label "Llama-3.1-8B shape, Q4_K_M" 2>&1 | tail -14
     for i in $(seq 60); do [ -f /root/models/q35h-q4km.gguf ] && break; sleep 3; done
-    timeout 150 python3 tools/bench_cuda.py /root/models/q35h-q4km.gguf --types f16,q4_0,iso3,iso3@mma --reps 1 \
+    timeout 150 python3 tools/bench_cuda.py /root/models/q35h-q4km.gguf --types f16,q4_0,iso3 --reps 1 \
         --label "Qwen3.5 hybrid shape (head_dim 256, 2 KV heads), Q4_K_M" 2>&1 | tail -12
     cp docs/BENCHMARKS.md "$out/"
     ;;
