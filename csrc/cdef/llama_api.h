@@ -210,6 +210,10 @@ struct llama_sampler * llama_sampler_init_mirostat(int32_t n_vocab, uint32_t see
 struct llama_sampler * llama_sampler_init_mirostat_v2(uint32_t seed, float tau, float eta);
 struct llama_sampler * llama_sampler_init_grammar(const struct llama_vocab * vocab, const char * grammar_str,
                                                   const char * grammar_root);
+struct llama_sampler * llama_sampler_init_grammar_lazy_patterns(const struct llama_vocab * vocab,
+                                                                const char * grammar_str, const char * grammar_root,
+                                                                const char ** trigger_patterns, size_t num_trigger_patterns,
+                                                                const llama_token * trigger_tokens, size_t num_trigger_tokens);
 struct llama_sampler * llama_sampler_init_penalties(int32_t n_vocab, int32_t penalty_last_n, float penalty_repeat,
                                                     float penalty_freq, float penalty_present);
 struct llama_sampler * llama_sampler_init_dry(const struct llama_vocab * vocab, float dry_multiplier, float dry_base,
@@ -337,6 +341,19 @@ void rq_capture_next_graph(struct rq_capture * cap);
 bool rq_capture_eval(struct ggml_tensor * t, bool ask, void * user_data);
 size_t rq_capture_get(const struct rq_capture * cap, const char * name, const float ** data, int64_t ne[4]);
 int rq_kv_policy_describe(const char * path, char * buf, size_t size);
+
+/* ---- chat templates and parsing (csrc/shim/rq_chat.h) --------------------- */
+void rq_string_free(char * s);
+struct rq_chat;
+struct rq_chat * rq_chat_new(const struct llama_model * model, const char * template_override, char ** error);
+void rq_chat_free(struct rq_chat * chat);
+char * rq_chat_info(const struct rq_chat * chat, char ** error);
+char * rq_chat_apply(const struct rq_chat * chat, const char * request_json, char ** error);
+struct rq_chat_parser;
+struct rq_chat_parser * rq_chat_parser_new(const char * parser_json, char ** error);
+void rq_chat_parser_free(struct rq_chat_parser * parser);
+char * rq_chat_parse(const struct rq_chat_parser * parser, const char * text, bool partial, char ** error);
+char * rq_json_schema_to_grammar(const char * schema_json, char ** error);
 
 /* C logs reach Python through this callback (rotorquant/_logging.py). */
 extern "Python" void _rq_python_log(enum ggml_log_level level, const char * text, void * user_data);

@@ -31,3 +31,8 @@ class DecodeError(RotorQuantError):
 
 class KVPolicyError(ValueError):
     """A KV policy file is missing, malformed or does not fit the model."""
+
+
+class ChatError(ValueError):
+    """A chat request that the model's template or upstream's chat code refused (bad
+    messages, tools or options, a template that does not parse); the message is theirs."""

@@ -23,9 +23,10 @@ from ._native import ffi, lib
 from .errors import ContextError, DecodeError, ModelLoadError
 from .gguf_check import check_gguf_path
 from .kvpolicy import locate as _kv_locate
-from .completion import Step, completion, completion_chunks
+from .chat import ChatPrompt, ChatTemplate, ReplyParser
+from .completion import Step, chat_chunks, chat_completion, completion, completion_chunks
 from .placement import Placement
-from .sampling import SamplerChain, Sampling, logprobs
+from .sampling import Grammar, SamplerChain, Sampling, logprobs
 
 _FLASH_ATTN = {
     "auto": lib.LLAMA_FLASH_ATTN_TYPE_AUTO,
@@ -101,8 +102,10 @@ class Llama:
                  pooling: "str | None" = None, split_mode: str = "layer", main_gpu: int = 0,
                  tensor_split: "Sequence[float] | None" = None,
                  override_tensor: "Mapping[str, str] | None" = None, n_cpu_moe: int = 0,
-                 use_mmap: "bool | None" = None, use_mlock: bool = False):
+                 use_mmap: "bool | None" = None, use_mlock: bool = False,
+                 chat_template: "str | None" = None):
         self._lock = threading.RLock()
+        self._chat: "ChatTemplate | None" = None
         self._model = ffi.NULL
         self._ctx = ffi.NULL
         self._abort = ffi.NULL
@@ -139,6 +142,9 @@ class Llama:
             raise ValueError(f"seed must be an integer in [0, 2**32 - 1), not {seed!r}")
         self.seed = seed
         self.model_path = path
+        if chat_template is not None and (not isinstance(chat_template, str) or not chat_template.strip()):
+            raise ValueError("chat_template must be Jinja source text (or None for the model's own)")
+        self.chat_template = chat_template
         self.kv_policy = None
         if not vocab_only and (self.cache_type_k.quantized or self.cache_type_v.quantized or
                                kv_policy not in (None, "auto", "none")):
@@ -210,6 +216,9 @@ class Llama:
             if self._abort != ffi.NULL:
                 lib.rq_abort_free(self._abort)
                 self._abort = ffi.NULL
+            if self._chat is not None:
+                self._chat.close()
+                self._chat = None
             if self._model != ffi.NULL:
                 lib.llama_model_free(self._model)
                 self._model = ffi.NULL
@@ -331,12 +340,12 @@ class Llama:
                 raise ValueError(f"invalid token id {t!r} (vocabulary has {n_vocab} tokens)")
         return ids
 
-    def _piece(self, token: int) -> bytes:
+    def _piece(self, token: int, special: bool = False) -> bytes:
         buf = ffi.new("char[]", 64)
-        n = lib.llama_token_to_piece(self._vocab, token, buf, 64, 0, False)
+        n = lib.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
         if n < 0:
             buf = ffi.new("char[]", -n)
-            n = lib.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
+            n = lib.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
         return ffi.unpack(buf, n)
 
     # -- low level: evaluate tokens, read logits, save and restore state ---------
@@ -485,7 +494,7 @@ class Llama:
         cache holds from earlier calls is reused for the prefix this prompt shares with it
         (a chat's earlier turns are not evaluated again); the rest is dropped.
         """
-        _, steps = self._start(prompt, max_tokens, stop, sampling)
+        _, steps = self._start(self._prompt_tokens(prompt), max_tokens, stop, sampling)
         pieces = (step.text for step in steps if step.text)
         return pieces if stream else "".join(pieces)
 
@@ -505,16 +514,112 @@ class Llama:
             _positive_int("logprobs", logprobs, minimum=0)
             if logprobs > 20:
                 raise ValueError(f"logprobs must be at most 20, not {logprobs}")
-        n_prompt, steps = self._start(prompt, max_tokens, stop, sampling, top_logprobs=logprobs)
+        n_prompt, steps = self._start(self._prompt_tokens(prompt), max_tokens, stop, sampling,
+                                      top_logprobs=logprobs)
         model = os.path.basename(self.model_path)
         if stream:
             return completion_chunks(steps, model, logprobs is not None, self._token_text)
         return completion(steps, model, n_prompt, logprobs is not None, self._token_text)
 
-    def _prompt_tokens(self, prompt: str) -> list[int]:
+    # -- chat ----------------------------------------------------------------
+    def _chat_template(self) -> ChatTemplate:
+        self._check_open(need_context=False)
+        if self._chat is None:
+            self._chat = ChatTemplate(self._model, self.chat_template)
+        return self._chat
+
+    @_locked
+    def apply_chat_template(self, messages: Sequence[Mapping], **options) -> str:
+        """The prompt that ``messages`` (OpenAI-style dicts) become.
+
+        Rendered by llama.cpp's own chat code from the GGUF's Jinja template (or the
+        ``chat_template`` given to the constructor) with llama-server's defaults, so it
+        is byte for byte what the bundled ``llama-server`` renders (its
+        ``/apply-template``).  ``options``: ``tools``, ``tool_choice``,
+        ``parallel_tool_calls``, ``add_generation_prompt``, ``continue_final_message``,
+        ``json_schema``, ``grammar``, ``reasoning_format``, ``enable_thinking``,
+        ``chat_template_kwargs``, ``reasoning_effort``.  A trailing assistant message is
+        continued (a prefill), as in the server.
+        """
+        return self._chat_template().render(messages, **options).prompt
+
+    @_locked
+    def create_chat_completion(self, messages: Sequence[Mapping], *,
+                               tools: "Sequence[Mapping] | None" = None, tool_choice: str = "auto",
+                               parallel_tool_calls: "bool | None" = None,
+                               response_format: "Mapping | None" = None, max_tokens: "int | None" = None,
+                               stream: bool = False, stop: "str | Sequence[str]" = (),
+                               logprobs: bool = False, top_logprobs: "int | None" = None,
+                               reasoning_format: str = "deepseek", enable_thinking: bool = True,
+                               reasoning_effort: "str | None" = None,
+                               chat_template_kwargs: "Mapping | None" = None,
+                               continue_final_message: "bool | str | None" = None,
+                               **sampling) -> "dict | Iterator[dict]":
+        """An OpenAI-shaped chat completion (``object: "chat.completion"``).
+
+        The prompt is :meth:`apply_chat_template`'s.  With ``tools`` the template's tool
+        format is used: generation is constrained to valid calls from the template's
+        trigger on, and the reply comes back parsed into ``message["tool_calls"]``
+        (``finish_reason: "tool_calls"``).  Text in the template's thinking tags goes to
+        ``message["reasoning_content"]`` (``reasoning_format="none"`` leaves it in the
+        content).  ``response_format`` as OpenAI's (``{"type": "json_object"}``, optionally
+        with ``"schema"``, or ``{"type": "json_schema", "json_schema": {"schema": ...}}``)
+        constrains the reply to JSON; ``grammar=`` (GBNF) to a grammar.  ``max_tokens=None``
+        runs until the model stops or the context is full.  ``logprobs=True`` (with
+        ``top_logprobs=N`` alternatives) adds OpenAI's ``logprobs.content`` list.  With
+        ``stream=True`` an iterator of ``chat.completion.chunk`` dicts is returned, each
+        carrying a ``delta``.  Sampling settings as :meth:`generate`.
+        """
+        schema = _response_schema(response_format)
+        user_grammar = sampling.pop("grammar", None)
+        root = sampling.pop("grammar_root", "root")
+        if not isinstance(logprobs, bool):
+            raise ValueError(f"logprobs must be True or False, not {logprobs!r}")
+        if top_logprobs is not None:
+            if not logprobs:
+                raise ValueError("top_logprobs needs logprobs=True")
+            _positive_int("top_logprobs", top_logprobs, minimum=0)
+            if top_logprobs > 20:
+                raise ValueError(f"top_logprobs must be at most 20, not {top_logprobs}")
+        n_top = (top_logprobs or 0) if logprobs else None
+        if max_tokens is not None:
+            _positive_int("max_tokens", max_tokens, minimum=0)
+        stops = (stop,) if isinstance(stop, str) else tuple(stop)
+        cp = self._chat_template().render(
+            messages, tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
+            continue_final_message=continue_final_message, json_schema=schema, grammar=user_grammar,
+            reasoning_format=reasoning_format, enable_thinking=enable_thinking,
+            chat_template_kwargs=chat_template_kwargs, reasoning_effort=reasoning_effort)
+        tokens = self._prompt_tokens(cp.prompt, parse_special=True)
+        grammar = self._chat_grammar(cp, root if user_grammar else "root")
+        n_prompt, steps = self._start(tokens, self.n_ctx if max_tokens is None else max_tokens,
+                                      stops + cp.stops, sampling, top_logprobs=n_top, grammar=grammar,
+                                      special=cp.preserved_tokens)
+        parser = ReplyParser(cp.parser)
+        model = os.path.basename(self.model_path)
+        if stream:
+            return chat_chunks(steps, model, parser, logprobs, self._piece)
+        return chat_completion(steps, model, n_prompt, parser, logprobs, self._piece)
+
+    def _chat_grammar(self, cp: ChatPrompt, root: str) -> "Grammar | None":
+        """The template's grammar, started past what the template wrote after the last
+        message (as upstream's sampler does: the grammar begins with that text)."""
+        if not cp.grammar:
+            return None
+        prefill: tuple[int, ...] = ()
+        if not cp.grammar_lazy and cp.generation_prompt:
+            toks = self.tokenize(cp.generation_prompt, add_special=False, parse_special=True)
+            # some tokenizers put a space token first, which the template did not write
+            if toks and self._piece(toks[0], True)[:1].isspace() and not cp.generation_prompt[:1].isspace():
+                toks = toks[1:]
+            prefill = tuple(toks)
+        return Grammar(cp.grammar, root, cp.grammar_lazy, cp.trigger_patterns, cp.trigger_tokens, prefill)
+
+    def _prompt_tokens(self, prompt: str, parse_special: bool = False) -> list[int]:
+        self._check_open()
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be str, not {type(prompt).__name__}")
-        tokens = self.tokenize(prompt)
+        tokens = self.tokenize(prompt, parse_special=parse_special)
         if not tokens:
             raise ValueError("prompt is empty and the model adds no BOS token; give some text")
         if len(tokens) >= self.n_ctx:
@@ -522,10 +627,13 @@ class Llama:
                              f"of {self.n_ctx} tokens (raise n_ctx)")
         return tokens
 
-    def _start(self, prompt: str, max_tokens: int, stop, sampling: dict,
-               top_logprobs: "int | None" = None) -> "tuple[int, Iterator[Step]]":
+    def _start(self, tokens: list[int], max_tokens: int, stop, sampling: dict,
+               top_logprobs: "int | None" = None, grammar: "Grammar | None" = None,
+               special: frozenset = frozenset()) -> "tuple[int, Iterator[Step]]":
         """Check everything, then return the prompt's length in tokens and the (lazy)
-        generation; errors surface here, not at the first step."""
+        generation; errors surface here, not at the first step.  ``special``: token ids
+        whose text is rendered although they are control tokens (a chat template's
+        tool-call markers)."""
         self._check_open()
         _positive_int("max_tokens", max_tokens, minimum=0)
         stops = (stop,) if isinstance(stop, str) else tuple(stop)
@@ -534,10 +642,10 @@ class Llama:
         if sampling.get("seed") is None and self.seed is not None:
             sampling = dict(sampling, seed=self.seed)
         settings = Sampling(**sampling)
-        tokens = self._prompt_tokens(prompt)
-        chain = SamplerChain(settings, self._vocab, self.n_vocab, self.n_ctx)
+        chain = SamplerChain(settings, self._vocab, self.n_vocab, self.n_ctx, grammar)
         self._generation += 1
-        return len(tokens), self._generate(self._generation, tokens, max_tokens, stops, chain, top_logprobs)
+        return len(tokens), self._generate(self._generation, tokens, max_tokens, stops, chain, top_logprobs,
+                                           special)
 
     def _keep_prefix(self, tokens: list[int]) -> int:
         """Reuse the KV cache for the longest prefix ``tokens`` shares with what it holds
@@ -605,7 +713,7 @@ class Llama:
             raise DecodeError(f"llama_decode failed: {what}", cap.reason())
 
     def _generate(self, generation: int, tokens: list[int], max_tokens: int, stops: tuple[str, ...],
-                  chain: SamplerChain, top_logprobs: "int | None") -> Iterator[Step]:
+                  chain: SamplerChain, top_logprobs: "int | None", special: frozenset) -> Iterator[Step]:
         try:
             with self._lock:
                 if generation != self._generation or self.closed:
@@ -633,7 +741,7 @@ class Llama:
                     lp = top = None
                     if top_logprobs is not None:
                         lp, top = logprobs(self._ctx, self.n_vocab, token, top_logprobs)
-                    piece = self._piece(token)
+                    piece = self._piece(token, token in special)
                 out, done = text.feed(utf8.decode(piece))
                 yield Step(out, token, lp, top)
                 if done:
@@ -656,6 +764,25 @@ class Llama:
 
 
 _STATE_MAGIC = b"RQSTATE1"  # file header: a clear error for anything else
+
+
+def _response_schema(response_format: "Mapping | None") -> "Mapping | None":
+    """The JSON schema an OpenAI ``response_format`` asks for (``{}``: any object)."""
+    if response_format is None:
+        return None
+    if not isinstance(response_format, Mapping):
+        raise ValueError(f"response_format must be a dict like {{'type': 'json_object'}}, not {response_format!r}")
+    kind = response_format.get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return response_format.get("schema") or {}
+    if kind == "json_schema":
+        wrapper = response_format.get("json_schema")
+        if not isinstance(wrapper, Mapping) or not isinstance(wrapper.get("schema", {}), Mapping):
+            raise ValueError("response_format of type 'json_schema' needs {'json_schema': {'schema': {...}}}")
+        return wrapper.get("schema") or {}
+    raise ValueError(f"response_format type must be 'text', 'json_object' or 'json_schema', not {kind!r}")
 
 
 def _write_whole(path: str, data: bytes) -> None:

@@ -114,10 +114,28 @@ class Sampling:
         return tuple(f.name for f in fields(cls))
 
 
-class SamplerChain:
-    """The C sampler chain for one generation; ``close()`` frees it (idempotent)."""
+@dataclass(frozen=True)
+class Grammar:
+    """A grammar as the sampler applies it.  ``lazy``: only from the first match of a
+    trigger pattern (regex over the output) or trigger token on, as chat templates
+    constrain tool calls; ``prefill``: tokens the template already wrote after the last
+    message, fed to the grammar (not to the other samplers) so it starts past them."""
 
-    def __init__(self, s: Sampling, vocab, n_vocab: int, n_ctx: int):
+    text: str
+    root: str = "root"
+    lazy: bool = False
+    trigger_patterns: tuple[str, ...] = ()
+    trigger_tokens: tuple[int, ...] = ()
+    prefill: tuple[int, ...] = ()
+
+
+class SamplerChain:
+    """The C sampler chain for one generation; ``close()`` frees it (idempotent).
+    ``grammar`` replaces ``s.grammar`` (chat completions build theirs from the template)."""
+
+    def __init__(self, s: Sampling, vocab, n_vocab: int, n_ctx: int, grammar: "Grammar | None" = None):
+        if grammar is None and s.grammar is not None:
+            grammar = Grammar(s.grammar, s.grammar_root)
         for tok in s.logit_bias:
             if tok >= n_vocab:
                 raise ValueError(f"logit_bias token {tok} is outside the vocabulary of {n_vocab} tokens")
@@ -166,16 +184,28 @@ class SamplerChain:
                 add(lib.llama_sampler_init_xtc(s.xtc_probability, s.xtc_threshold, 1, seed))
             add(lib.llama_sampler_init_temp(s.temperature))
             add(lib.llama_sampler_init_dist(seed))
-        if s.grammar is not None:
+        if grammar is not None:
             with Capture() as cap:
-                grammar = lib.llama_sampler_init_grammar(vocab, s.grammar.encode(), s.grammar_root.encode())
-            if grammar == ffi.NULL:
+                smpl = self._grammar_sampler(grammar, vocab)
+            if smpl == ffi.NULL:
                 self.close()
-                raise ValueError(f"grammar could not be parsed (root rule {s.grammar_root!r})"
+                raise ValueError(f"grammar could not be parsed (root rule {grammar.root!r})"
                                  + (f": {cap.reason()}" if cap.reason() else ""))
+            for tok in grammar.prefill:
+                lib.llama_sampler_accept(smpl, tok)
             self._outer = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-            lib.llama_sampler_chain_add(self._outer, grammar)
+            lib.llama_sampler_chain_add(self._outer, smpl)
             lib.llama_sampler_chain_add(self._outer, self._inner)  # the outer chain owns it now
+
+    def _grammar_sampler(self, g: Grammar, vocab):
+        if not g.lazy:
+            return lib.llama_sampler_init_grammar(vocab, g.text.encode(), g.root.encode())
+        patterns = [ffi.new("char[]", p.encode()) for p in g.trigger_patterns]
+        self._keep += patterns
+        return lib.llama_sampler_init_grammar_lazy_patterns(
+            vocab, g.text.encode(), g.root.encode(), ffi.new("const char *[]", patterns) if patterns else ffi.NULL,
+            len(patterns), ffi.new("llama_token[]", g.trigger_tokens) if g.trigger_tokens else ffi.NULL,
+            len(g.trigger_tokens))
 
     def accept_prompt(self, tokens: Iterable[int]) -> None:
         """Let penalties and DRY see the prompt (the grammar does not)."""

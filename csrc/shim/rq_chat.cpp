@@ -1,0 +1,304 @@
+// rq_chat.h over upstream's common/chat.  The request is read with llama-server's
+// defaults (jinja on, prefill of a trailing assistant message, "deepseek" reasoning
+// format, thinking enabled) so that a prompt rendered here is the one the bundled
+// llama-server renders for the same messages (tests/test_chat.py checks it byte for byte
+// against the server's /apply-template).
+#include "rq_chat.h"
+
+#include "chat.h"
+#include "common.h"
+#include "json-schema-to-grammar.h"
+#include "llama.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+struct rq_chat {
+    common_chat_templates_ptr tmpls;
+    const llama_vocab * vocab;
+};
+
+struct rq_chat_parser {
+    common_chat_parser_params params;
+};
+
+namespace {
+
+char * dup_string(const std::string & s) {
+    char * out = (char *) std::malloc(s.size() + 1);
+    if (out != nullptr) {
+        std::memcpy(out, s.data(), s.size() + 1);
+    }
+    return out;
+}
+
+// Runs fn (which returns the result text); any exception becomes *error and NULL.
+template <typename F>
+char * guarded(char ** error, F && fn) {
+    if (error != nullptr) {
+        *error = nullptr;
+    }
+    try {
+        return dup_string(fn());
+    } catch (const std::exception & e) {
+        if (error != nullptr) {
+            *error = dup_string(e.what());
+        }
+    } catch (...) {
+        if (error != nullptr) {
+            *error = dup_string("unknown C++ exception");
+        }
+    }
+    return nullptr;
+}
+
+common_json strings(const std::vector<std::string> & v) {
+    common_json out = common_json::array();
+    for (const auto & s : v) {
+        out.push_back(s);
+    }
+    return out;
+}
+
+// What the request asks of the template.  Field meanings are those of the server's
+// OpenAI endpoint; absent fields take the server's defaults.
+common_chat_templates_inputs read_request(const common_chat_templates * tmpls, const common_json & req) {
+    if (!req.is_object()) {
+        throw std::invalid_argument("the request must be a JSON object");
+    }
+    if (!req.contains("messages") || !req.at("messages").is_array()) {
+        throw std::invalid_argument("'messages' must be a list of messages");
+    }
+    common_chat_templates_inputs in;
+    in.messages = common_chat_msgs_parse_oaicompat(req.at("messages"));
+    const common_json tools = req.value("tools", common_json());
+    if (tools.is_array()) {
+        in.tools = common_chat_tools_parse_oaicompat(tools);
+    }
+    in.tool_choice = common_chat_tool_choice_parse_oaicompat(req.value("tool_choice", std::string("auto")));
+    const common_json parallel = req.value("parallel_tool_calls", common_json());
+    in.parallel_tool_calls = parallel.is_boolean() ? parallel.get<bool>()
+                                                   : common_chat_templates_get_caps(tmpls)["supports_parallel_tool_calls"];
+    const common_json schema = req.value("json_schema", common_json());
+    const std::string grammar = req.value("grammar", std::string());
+    if (!schema.is_null() && !grammar.empty()) {
+        throw std::invalid_argument("give either a JSON schema or a grammar, not both");
+    }
+    if (!schema.is_null()) {
+        // an empty schema means any object
+        in.json_schema = schema.is_object() && schema.size() == 0 ? std::string("{\"type\":\"object\"}") : schema.dump();
+    }
+    in.grammar = grammar;
+    if (!in.tools.empty() && in.tool_choice != COMMON_CHAT_TOOL_CHOICE_NONE && !grammar.empty()) {
+        throw std::invalid_argument("a custom grammar cannot be combined with tools");
+    }
+
+    in.add_generation_prompt = req.value("add_generation_prompt", true);
+    const common_json cont = req.value("continue_final_message", common_json());
+    in.continue_final_message = cont.is_null() ? COMMON_CHAT_CONTINUATION_NONE : common_chat_continuation_parse(cont);
+    const bool ends_with_assistant = !in.messages.empty() && in.messages.back().role == "assistant";
+    if (in.continue_final_message == COMMON_CHAT_CONTINUATION_NONE && ends_with_assistant) {
+        // the server's default: a trailing assistant message is a prefill to continue
+        if (in.messages.size() >= 2 && in.messages[in.messages.size() - 2].role == "assistant") {
+            throw std::invalid_argument("two or more assistant messages at the end of the list");
+        }
+        in.continue_final_message = COMMON_CHAT_CONTINUATION_AUTO;
+        in.add_generation_prompt  = false;
+    }
+    if (in.continue_final_message != COMMON_CHAT_CONTINUATION_NONE && in.add_generation_prompt) {
+        throw std::invalid_argument("add_generation_prompt and continue_final_message cannot both be true");
+    }
+    if (in.continue_final_message != COMMON_CHAT_CONTINUATION_NONE && ends_with_assistant &&
+        !in.messages.back().tool_calls.empty()) {
+        throw std::invalid_argument("an assistant message with tool calls cannot be continued");
+    }
+
+    in.reasoning_format = common_reasoning_format_from_name(req.value("reasoning_format", std::string("deepseek")));
+    in.enable_thinking  = req.value("enable_thinking", true);
+    const common_json kwargs = req.value("chat_template_kwargs", common_json::object());
+    if (!kwargs.is_object()) {
+        throw std::invalid_argument("chat_template_kwargs must be an object");
+    }
+    for (const auto & [key, value] : kwargs.items()) {
+        in.chat_template_kwargs[key] = value.dump();
+    }
+    const auto thinking = in.chat_template_kwargs.find("enable_thinking");
+    if (thinking != in.chat_template_kwargs.end()) {
+        if (thinking->second == "true" || thinking->second == "false") {
+            in.enable_thinking = thinking->second == "true";
+        } else {
+            throw std::invalid_argument("chat_template_kwargs['enable_thinking'] must be a boolean");
+        }
+    }
+    const std::string effort = req.value("reasoning_effort", std::string());
+    if (effort == "none") {
+        in.enable_thinking = false;
+        in.chat_template_kwargs.erase("reasoning_effort");
+    } else if (!effort.empty()) {
+        in.chat_template_kwargs["reasoning_effort"] = common_json::make(effort).dump();
+    }
+    return in;
+}
+
+// Grammar triggers as llama_sampler_init_grammar_lazy_patterns takes them: regexes and
+// token ids (a trigger word that is one token triggers on that token, as in the server).
+void add_triggers(const rq_chat * chat, const common_chat_params & p, common_json & out) {
+    common_json patterns = common_json::array();
+    common_json tokens   = common_json::array();
+    for (const auto & t : p.grammar_triggers) {
+        switch (t.type) {
+            case COMMON_GRAMMAR_TRIGGER_TYPE_WORD: {
+                const auto ids = common_tokenize(chat->vocab, t.value, false, true);
+                if (ids.size() == 1) {
+                    tokens.push_back(ids[0]);
+                } else {
+                    patterns.push_back(regex_escape(t.value));
+                }
+                break;
+            }
+            case COMMON_GRAMMAR_TRIGGER_TYPE_PATTERN:
+                patterns.push_back(t.value);
+                break;
+            case COMMON_GRAMMAR_TRIGGER_TYPE_PATTERN_FULL: {
+                std::string anchored = t.value;
+                if (anchored.empty() || anchored.front() != '^') {
+                    anchored.insert(anchored.begin(), '^');
+                }
+                if (anchored.size() == 1 || anchored.back() != '$') {
+                    anchored.push_back('$');
+                }
+                patterns.push_back(anchored);
+                break;
+            }
+            case COMMON_GRAMMAR_TRIGGER_TYPE_TOKEN:
+                tokens.push_back(t.token);
+                break;
+        }
+    }
+    out["trigger_patterns"] = patterns;
+    out["trigger_tokens"]   = tokens;
+    common_json preserved = common_json::array();
+    for (const auto & s : p.preserved_tokens) {
+        const auto ids = common_tokenize(chat->vocab, s, false, true);
+        if (ids.size() == 1) {
+            preserved.push_back(ids[0]);
+        }
+    }
+    out["preserved_tokens"] = preserved;
+}
+
+}  // namespace
+
+void rq_string_free(char * s) {
+    std::free(s);
+}
+
+struct rq_chat * rq_chat_new(const struct llama_model * model, const char * template_override, char ** error) {
+    rq_chat * chat = nullptr;
+    char * ok = guarded(error, [&]() {
+        if (model == nullptr) {
+            throw std::invalid_argument("no model");
+        }
+        auto tmpls = common_chat_templates_init(model, template_override ? template_override : "");
+        if (!tmpls) {
+            throw std::runtime_error("the chat template could not be parsed");
+        }
+        chat = new rq_chat{std::move(tmpls), llama_model_get_vocab(model)};
+        return std::string();
+    });
+    std::free(ok);
+    return chat;
+}
+
+void rq_chat_free(struct rq_chat * chat) {
+    delete chat;
+}
+
+char * rq_chat_info(const struct rq_chat * chat, char ** error) {
+    return guarded(error, [&]() {
+        common_json caps = common_json::object();
+        for (const auto & [name, on] : common_chat_templates_get_caps(chat->tmpls.get())) {
+            caps[name] = on;
+        }
+        common_json out = common_json::object();
+        out["source"]   = common_chat_templates_source(chat->tmpls.get());
+        out["explicit"] = common_chat_templates_was_explicit(chat->tmpls.get());
+        out["caps"]     = caps;
+        return out.dump();
+    });
+}
+
+char * rq_chat_apply(const struct rq_chat * chat, const char * request_json, char ** error) {
+    return guarded(error, [&]() {
+        const common_json req = common_json::parse(request_json ? request_json : "");
+        const common_chat_templates_inputs in = read_request(chat->tmpls.get(), req);
+        const common_chat_params p = common_chat_templates_apply(chat->tmpls.get(), in);
+
+        common_json out = common_json::object();
+        out["prompt"]            = p.prompt;
+        out["grammar"]           = p.grammar;
+        out["grammar_lazy"]      = p.grammar_lazy;
+        out["stops"]             = strings(p.additional_stops);
+        out["generation_prompt"] = p.generation_prompt;
+        add_triggers(chat, p, out);
+        if (p.grammar_lazy && out["trigger_patterns"].size() == 0 && out["trigger_tokens"].size() == 0) {
+            throw std::runtime_error("the template asks for a lazy grammar but gives no trigger");
+        }
+        common_json parser = common_json::object();
+        parser["format"]            = (int) p.format;
+        parser["reasoning_format"]  = common_reasoning_format_name(in.reasoning_format);
+        parser["generation_prompt"] = p.generation_prompt;
+        parser["parser"]            = p.parser;
+        parser["parse_tool_calls"]  = !in.tools.empty() && in.tool_choice != COMMON_CHAT_TOOL_CHOICE_NONE;
+        parser["is_continuation"]   = in.continue_final_message != COMMON_CHAT_CONTINUATION_NONE;
+        out["parser"] = parser;
+        return out.dump();
+    });
+}
+
+struct rq_chat_parser * rq_chat_parser_new(const char * parser_json, char ** error) {
+    rq_chat_parser * parser = nullptr;
+    char * ok = guarded(error, [&]() {
+        const common_json j = common_json::parse(parser_json ? parser_json : "");
+        common_chat_parser_params p;
+        const int format = j.value("format", 0);
+        if (format < 0 || format >= COMMON_CHAT_FORMAT_COUNT) {
+            throw std::invalid_argument("unknown chat format " + std::to_string(format));
+        }
+        p.format            = (common_chat_format) format;
+        p.reasoning_format  = common_reasoning_format_from_name(j.value("reasoning_format", std::string("deepseek")));
+        p.generation_prompt = j.value("generation_prompt", std::string());
+        p.parse_tool_calls  = j.value("parse_tool_calls", true);
+        p.is_continuation   = j.value("is_continuation", false);
+        const std::string arena = j.value("parser", std::string());
+        if (!arena.empty()) {
+            p.parser.load(arena);
+        }
+        parser = new rq_chat_parser{std::move(p)};
+        return std::string();
+    });
+    std::free(ok);
+    return parser;
+}
+
+void rq_chat_parser_free(struct rq_chat_parser * parser) {
+    delete parser;
+}
+
+char * rq_chat_parse(const struct rq_chat_parser * parser, const char * text, bool partial, char ** error) {
+    return guarded(error, [&]() {
+        const common_chat_msg msg = common_chat_parse(text ? text : "", partial, parser->params);
+        return msg.to_json_oaicompat().dump();
+    });
+}
+
+char * rq_json_schema_to_grammar(const char * schema_json, char ** error) {
+    return guarded(error, [&]() {
+        return json_schema_to_grammar(common_json::parse(schema_json ? schema_json : ""));
+    });
+}
