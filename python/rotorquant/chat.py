@@ -137,6 +137,12 @@ class ReplyParser:
             lib.rq_chat_parser_free(self._ptr)
         self._ptr = None
 
+    def __del__(self) -> None:  # a stream that was never iterated never reaches its finally
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter teardown
+            pass
+
     def __enter__(self) -> "ReplyParser":
         return self
 
