@@ -156,6 +156,8 @@ bool llama_memory_seq_rm(llama_memory_t mem, llama_seq_id seq_id, llama_pos p0, 
 llama_pos llama_memory_seq_pos_max(llama_memory_t mem, llama_seq_id seq_id);
 
 const struct llama_vocab * llama_model_get_vocab(const struct llama_model * model);
+bool llama_model_is_recurrent(const struct llama_model * model);
+bool llama_model_is_hybrid(const struct llama_model * model);
 int32_t  llama_model_n_ctx_train(const struct llama_model * model);
 int32_t  llama_model_n_layer(const struct llama_model * model);
 int32_t  llama_model_n_embd(const struct llama_model * model);
@@ -193,6 +195,13 @@ size_t llama_state_set_data(struct llama_context * ctx, const uint8_t * src, siz
 size_t llama_state_seq_get_size(struct llama_context * ctx, llama_seq_id seq_id);
 size_t llama_state_seq_get_data(struct llama_context * ctx, uint8_t * dst, size_t size, llama_seq_id seq_id);
 size_t llama_state_seq_set_data(struct llama_context * ctx, const uint8_t * src, size_t size, llama_seq_id dest_seq_id);
+#define LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY ...
+typedef uint32_t llama_state_seq_flags;
+size_t llama_state_seq_get_size_ext(struct llama_context * ctx, llama_seq_id seq_id, llama_state_seq_flags flags);
+size_t llama_state_seq_get_data_ext(struct llama_context * ctx, uint8_t * dst, size_t size, llama_seq_id seq_id,
+                                    llama_state_seq_flags flags);
+size_t llama_state_seq_set_data_ext(struct llama_context * ctx, const uint8_t * src, size_t size,
+                                    llama_seq_id dest_seq_id, llama_state_seq_flags flags);
 uint32_t llama_n_seq_max(const struct llama_context * ctx);
 
 struct llama_sampler * llama_sampler_chain_init(struct llama_sampler_chain_params params);

@@ -24,6 +24,7 @@ from .errors import ContextError, DecodeError, ModelLoadError
 from .gguf_check import check_gguf_path
 from .kvpolicy import locate as _kv_locate
 from .chat import ChatPrompt, ChatTemplate, ReplyParser
+from .checkpoints import Checkpoints
 from .completion import Step, chat_chunks, chat_completion, completion, completion_chunks
 from .placement import Placement
 from .sampling import Grammar, SamplerChain, Sampling, logprobs
@@ -91,6 +92,12 @@ class Llama:
     ``"auto"`` uses the model's policy file if there is one (``MODEL.kvpolicy.gguf``
     or the user cache), a path uses that file, ``None`` uses none.  The policy in use
     is ``self.kv_policy`` (a path or ``None``).
+
+    ``chat_template`` (Jinja source) replaces the GGUF's template for the chat methods.
+    ``ctx_checkpoints``: on hybrid and recurrent models (Qwen3.5, Mamba), how many
+    snapshots of the recurrent state are kept so that a prompt departing from the cache
+    (a chat's next turn) goes back to one instead of being evaluated whole
+    (:mod:`rotorquant.checkpoints`); 0 turns them off.
     """
 
     def __init__(self, model_path: "str | os.PathLike[str]", *, n_ctx: int = 0, n_batch: int = 512,
@@ -103,9 +110,10 @@ class Llama:
                  tensor_split: "Sequence[float] | None" = None,
                  override_tensor: "Mapping[str, str] | None" = None, n_cpu_moe: int = 0,
                  use_mmap: "bool | None" = None, use_mlock: bool = False,
-                 chat_template: "str | None" = None):
+                 chat_template: "str | None" = None, ctx_checkpoints: int = 4):
         self._lock = threading.RLock()
         self._chat: "ChatTemplate | None" = None
+        self._checkpoints: "Checkpoints | None" = None
         self._model = ffi.NULL
         self._ctx = ffi.NULL
         self._abort = ffi.NULL
@@ -134,6 +142,7 @@ class Llama:
                               override_tensor=override_tensor, n_cpu_moe=n_cpu_moe,
                               use_mmap=use_mmap, use_mlock=use_mlock)
         _positive_int("n_ctx", n_ctx, minimum=0)
+        _positive_int("ctx_checkpoints", ctx_checkpoints, minimum=0)
         _positive_int("n_batch", n_batch)
         if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int):
             raise ValueError(f"n_gpu_layers must be an integer, not {n_gpu_layers!r}")
@@ -193,6 +202,8 @@ class Llama:
                 f"cache_type_v={self.cache_type_v}, flash_attn={fa}, kv_policy={self.kv_policy})",
                 cap.reason())
         self.n_batch = int(lib.llama_n_batch(self._ctx))
+        if lib.llama_model_is_recurrent(self._model) or lib.llama_model_is_hybrid(self._model):
+            self._checkpoints = Checkpoints(self._ctx, ctx_checkpoints)
         self._abort = lib.rq_abort_new()
         lib.llama_set_abort_callback(self._ctx, ffi.addressof(lib, "rq_abort_callback"), self._abort)
 
@@ -594,12 +605,28 @@ class Llama:
         grammar = self._chat_grammar(cp, root if user_grammar else "root")
         n_prompt, steps = self._start(tokens, self.n_ctx if max_tokens is None else max_tokens,
                                       stops + cp.stops, sampling, top_logprobs=n_top, grammar=grammar,
-                                      special=cp.preserved_tokens)
+                                      special=cp.preserved_tokens, marks=self._end_of_messages(tokens, cp))
         parser = ReplyParser(cp.parser)
         model = os.path.basename(self.model_path)
         if stream:
             return chat_chunks(steps, model, parser, logprobs, self._piece)
         return chat_completion(steps, model, n_prompt, parser, logprobs, self._piece)
+
+    def _end_of_messages(self, tokens: list[int], cp: ChatPrompt) -> tuple[int, ...]:
+        """Where the last message ends and the generation prompt begins, in tokens: the
+        next turn re-renders what follows.  Taken as the tokens the prompt without its
+        generation prompt shares with the whole prompt (a tokenizer may merge across
+        the boundary; then the checkpoint sits a token or two earlier)."""
+        gen = cp.generation_prompt
+        if self._checkpoints is None or not gen or not cp.prompt.endswith(gen):
+            return ()
+        head = self.tokenize(cp.prompt[:len(cp.prompt) - len(gen)], parse_special=True)
+        n = 0
+        for a, b in zip(head, tokens):
+            if a != b:
+                break
+            n += 1
+        return (n,) if 0 < n < len(tokens) else ()
 
     def _chat_grammar(self, cp: ChatPrompt, root: str) -> "Grammar | None":
         """The template's grammar, started past what the template wrote after the last
@@ -629,7 +656,7 @@ class Llama:
 
     def _start(self, tokens: list[int], max_tokens: int, stop, sampling: dict,
                top_logprobs: "int | None" = None, grammar: "Grammar | None" = None,
-               special: frozenset = frozenset()) -> "tuple[int, Iterator[Step]]":
+               special: frozenset = frozenset(), marks: tuple[int, ...] = ()) -> "tuple[int, Iterator[Step]]":
         """Check everything, then return the prompt's length in tokens and the (lazy)
         generation; errors surface here, not at the first step.  ``special``: token ids
         whose text is rendered although they are control tokens (a chat template's
@@ -645,13 +672,15 @@ class Llama:
         chain = SamplerChain(settings, self._vocab, self.n_vocab, self.n_ctx, grammar)
         self._generation += 1
         return len(tokens), self._generate(self._generation, tokens, max_tokens, stops, chain, top_logprobs,
-                                           special)
+                                           special, marks)
 
     def _keep_prefix(self, tokens: list[int]) -> int:
         """Reuse the KV cache for the longest prefix ``tokens`` shares with what it holds
         (a chat's earlier turns, a fixed system prompt): drop the rest and return how many
         tokens stay.  At least the last token is evaluated again, for its logits.  Where
-        the memory cannot drop a tail (recurrent state of hybrid models), start over."""
+        the memory cannot drop a tail (the recurrent state of hybrid models), go back to
+        the newest checkpoint inside the shared prefix (rotorquant/checkpoints.py), or
+        start over if there is none."""
         mem = lib.llama_get_memory(self._ctx)
         keep = 0
         if self._cached:
@@ -659,12 +688,35 @@ class Llama:
                 if a != b:
                     break
                 keep += 1
-        if keep == 0 or not lib.llama_memory_seq_rm(mem, 0, keep, -1):
+        ok = keep > 0 and lib.llama_memory_seq_rm(mem, 0, keep, -1)
+        if not ok and keep > 0 and self._checkpoints:
+            keep = self._checkpoints.restore(keep)
+            ok = keep > 0 and lib.llama_memory_seq_rm(mem, 0, keep, -1)
+        if not ok:
             lib.llama_memory_clear(mem, True)
             keep = 0
+        if self._checkpoints is not None:
+            self._checkpoints.drop_after(keep)
         self._cached = list(tokens[:keep])
         self._reused = keep
         return keep
+
+    def _eval_prompt(self, tokens: list[int], keep: int, marks: "Iterable[int]" = ()) -> None:
+        """Evaluate ``tokens[keep:]``.  With checkpoints, batches end at ``marks`` and
+        before the last token, and the state is saved there: the points a later prompt
+        goes back to (the same prompt again; in a chat, the end of the last message,
+        where the next turn's history departs from this turn's generation prompt)."""
+        prompt = ffi.new("llama_token[]", tokens)
+        stops = [len(tokens)]
+        if self._checkpoints is not None:
+            stops = sorted({m for m in (*marks, len(tokens) - 1) if keep < m < len(tokens)}) + stops
+        start = keep
+        for stop in stops:
+            for pos in range(start, stop, self.n_batch):
+                self._decode(prompt, pos, min(self.n_batch, stop - pos))
+            if stop < len(tokens):
+                self._checkpoints.take(stop)
+            start = stop
 
     def _token_text(self, token: int) -> str:
         return self._piece(token).decode("utf-8", "replace")
@@ -713,16 +765,15 @@ class Llama:
             raise DecodeError(f"llama_decode failed: {what}", cap.reason())
 
     def _generate(self, generation: int, tokens: list[int], max_tokens: int, stops: tuple[str, ...],
-                  chain: SamplerChain, top_logprobs: "int | None", special: frozenset) -> Iterator[Step]:
+                  chain: SamplerChain, top_logprobs: "int | None", special: frozenset,
+                  marks: tuple[int, ...]) -> Iterator[Step]:
         try:
             with self._lock:
                 if generation != self._generation or self.closed:
                     return
                 lib.llama_perf_context_reset(self._ctx)
                 keep = self._keep_prefix(tokens)
-                prompt = ffi.new("llama_token[]", tokens)
-                for start in range(keep, len(tokens), self.n_batch):
-                    self._decode(prompt, start, min(self.n_batch, len(tokens) - start))
+                self._eval_prompt(tokens, keep, marks)
                 self._cached = list(tokens)
                 chain.accept_prompt(tokens)
             n_past, n_ctx = len(tokens), self.n_ctx
