@@ -177,3 +177,11 @@ def test_a_real_model_decodes_the_same_on_cuda_and_cpu(smollm2_model, k_type, v_
         assert np.mean(on_gpu.argmax(1) == on_cpu.argmax(1)) >= 0.95
         assert kl(on_cpu, on_gpu) < 2e-3
         assert gpu.generate("The capital of France is", max_tokens=8, temperature=0).strip()
+
+
+def test_auto_offload_fits_a_model_into_free_gpu_memory(smollm2_model):
+    from rotorquant import Llama
+    with Llama(smollm2_model, n_gpu_layers="auto", n_threads=2) as llm:
+        assert llm.fit_status == "fits" and llm.n_gpu_layers != 0
+        assert llm.memory_bytes()["model"] > 0
+        assert llm.generate("The capital of France is", max_tokens=4, temperature=0)

@@ -29,6 +29,7 @@ def test_placement_settings_load_the_same_model(tiny_model, reference, kw):
     (dict(tensor_split=[0, 0]), "tensor_split"), (dict(tensor_split=[-1.0]), "tensor_split"),
     (dict(override_tensor={"exps": "GPU7"}), "no device 'GPU7'"),
     (dict(override_tensor={"(": "CPU"}), "not a regular expression"), (dict(use_mmap="yes"), "use_mmap"),
+    (dict(n_gpu_layers="all"), "n_gpu_layers"), (dict(fit=1), "fit"), (dict(fit_target_mib=-1), "fit_target_mib"),
 ])
 def test_bad_placement_is_refused_with_the_setting_named(tiny_model, kw, match):
     with pytest.raises(ValueError, match=match):
@@ -49,3 +50,13 @@ def test_override_tensor_moves_the_matching_tensors(tiny_model, caplog):
             pass
     moved = [r.getMessage() for r in caplog.records if "buffer type overridden" in r.getMessage()]
     assert moved and all("blk.1.ffn_up" in m for m in moved)
+
+
+@pytest.mark.parametrize("kw", [dict(n_gpu_layers="auto"), dict(fit=True, n_cpu_moe=1), dict(fit=True, n_ctx=0)])
+def test_fitting_to_device_memory_runs_upstreams_fit_and_changes_nothing_on_a_cpu(tiny_model, reference, kw):
+    """Without a GPU everything already fits: the fit reports so, the model is the same."""
+    with Llama(tiny_model, **dict(dict(n_ctx=128), **kw)) as llm:
+        assert llm.fit_status == "fits"
+        assert llm.generate("the capital of", max_tokens=10, **GREEDY) == reference
+    with Llama(tiny_model, n_ctx=128) as plain:
+        assert plain.fit_status is None and plain.n_gpu_layers == 0

@@ -100,6 +100,7 @@ struct llama_model_params {
     ...;
 };
 size_t llama_max_devices(void);
+size_t llama_max_tensor_buft_overrides(void);
 
 struct ggml_tensor;
 typedef bool (*ggml_backend_sched_eval_callback)(struct ggml_tensor * t, bool ask, void * user_data);
@@ -350,6 +351,9 @@ void rq_capture_next_graph(struct rq_capture * cap);
 bool rq_capture_eval(struct ggml_tensor * t, bool ask, void * user_data);
 size_t rq_capture_get(const struct rq_capture * cap, const char * name, const float ** data, int64_t ne[4]);
 int rq_kv_policy_describe(const char * path, char * buf, size_t size);
+int rq_fit_params(const char * path_model, struct llama_model_params * mparams,
+                  struct llama_context_params * cparams, float * tensor_split,
+                  struct llama_model_tensor_buft_override * overrides, size_t margin_bytes, uint32_t n_ctx_min);
 
 /* ---- chat templates and parsing (csrc/shim/rq_chat.h) --------------------- */
 void rq_string_free(char * s);

@@ -5,6 +5,8 @@
 
 #include "rq-kv-policy.h"
 
+#include "fit.h"  // common/
+
 #include "ggml.h"
 #include "ggml-backend.h"
 
@@ -201,4 +203,16 @@ int rq_kv_policy_describe(const char * path, char * buf, size_t size) {
         snprintf(buf, size, "%s", out.c_str());
     }
     return ok ? (int) out.size() : -(int) out.size();
+}
+
+int rq_fit_params(const char * path_model, struct llama_model_params * mparams,
+                  struct llama_context_params * cparams, float * tensor_split,
+                  struct llama_model_tensor_buft_override * overrides, size_t margin_bytes, uint32_t n_ctx_min) {
+    try {
+        std::vector<size_t> margins(llama_max_devices(), margin_bytes);
+        return (int) common_fit_params(path_model, mparams, cparams, tensor_split, overrides, margins.data(),
+                                       n_ctx_min, nullptr, GGML_LOG_LEVEL_ERROR);
+    } catch (...) {
+        return (int) COMMON_PARAMS_FIT_STATUS_ERROR;
+    }
 }

@@ -66,6 +66,19 @@ size_t rq_capture_get(const struct rq_capture * cap, const char * name, const fl
 // summary's length, or minus the reason's length; a result >= size means buf was too small.
 int rq_kv_policy_describe(const char * path, char * buf, size_t size);
 
+// Upstream's parameter fitting (common/fit.h, what llama-cli/llama-server do by default):
+// sets the fields of mparams/cparams still at their defaults (n_gpu_layers, tensor_split,
+// tensor overrides; n_ctx when 0, down to n_ctx_min) so that weights, KV cache and compute
+// buffers fit each device's free memory minus margin_bytes.  tensor_split must hold
+// llama_max_devices() floats and overrides llama_max_tensor_buft_overrides() entries
+// (both written in place).  Returns 0 when it fits, 1 when nothing found fits, 2 on error.
+struct llama_model_params;
+struct llama_context_params;
+struct llama_model_tensor_buft_override;
+int rq_fit_params(const char * path_model, struct llama_model_params * mparams,
+                  struct llama_context_params * cparams, float * tensor_split,
+                  struct llama_model_tensor_buft_override * overrides, size_t margin_bytes, uint32_t n_ctx_min);
+
 #ifdef __cplusplus
 }
 #endif

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from . import cache_types
-from ._logging import Capture
+from ._logging import Capture, logger
 from ._native import ffi, lib
 from .errors import ContextError, DecodeError, ModelLoadError
 from .gguf_check import check_gguf_path
@@ -35,6 +35,7 @@ _FLASH_ATTN = {
     "off": lib.LLAMA_FLASH_ATTN_TYPE_DISABLED,
 }
 _UINT32_MAX = 0xFFFFFFFF
+_FIT_STATUS = {0: "fits", 1: "does not fit", 2: "error"}
 _POOLING = {
     None: lib.LLAMA_POOLING_TYPE_UNSPECIFIED, "none": lib.LLAMA_POOLING_TYPE_NONE,
     "mean": lib.LLAMA_POOLING_TYPE_MEAN, "cls": lib.LLAMA_POOLING_TYPE_CLS, "last": lib.LLAMA_POOLING_TYPE_LAST,
@@ -93,6 +94,13 @@ class Llama:
     or the user cache), a path uses that file, ``None`` uses none.  The policy in use
     is ``self.kv_policy`` (a path or ``None``).
 
+    ``fit=True`` runs llama.cpp's parameter fitting (what ``llama-cli`` does by default)
+    before the load: the settings still at llama.cpp's defaults — ``n_gpu_layers=-1``,
+    no ``tensor_split``/``override_tensor``, ``n_ctx=0`` — are set to what fits each
+    device's free memory less ``fit_target_mib`` (the context no smaller than
+    ``fit_min_ctx``); ``n_gpu_layers="auto"`` means ``-1`` with ``fit=True``.  The outcome
+    is ``self.fit_status`` ("fits", "does not fit", "error") and ``self.n_gpu_layers``.
+
     ``chat_template`` (Jinja source) replaces the GGUF's template for the chat methods.
     ``ctx_checkpoints``: on hybrid and recurrent models (Qwen3.5, Mamba), how many
     snapshots of the recurrent state are kept so that a prompt departing from the cache
@@ -101,7 +109,7 @@ class Llama:
     """
 
     def __init__(self, model_path: "str | os.PathLike[str]", *, n_ctx: int = 0, n_batch: int = 512,
-                 n_gpu_layers: int = 0, cache_type_k: "str | cache_types.CacheType" = "f16",
+                 n_gpu_layers: "int | str" = 0, cache_type_k: "str | cache_types.CacheType" = "f16",
                  cache_type_v: "str | cache_types.CacheType" = "f16",
                  flash_attn: "str | bool" = "auto", seed: "int | None" = None,
                  n_threads: "int | None" = None, verbose: bool = False, vocab_only: bool = False,
@@ -110,7 +118,8 @@ class Llama:
                  tensor_split: "Sequence[float] | None" = None,
                  override_tensor: "Mapping[str, str] | None" = None, n_cpu_moe: int = 0,
                  use_mmap: "bool | None" = None, use_mlock: bool = False,
-                 chat_template: "str | None" = None, ctx_checkpoints: int = 4):
+                 chat_template: "str | None" = None, ctx_checkpoints: int = 4, fit: bool = False,
+                 fit_target_mib: int = 1024, fit_min_ctx: int = 4096):
         self._lock = threading.RLock()
         self._chat: "ChatTemplate | None" = None
         self._checkpoints: "Checkpoints | None" = None
@@ -144,8 +153,14 @@ class Llama:
         _positive_int("n_ctx", n_ctx, minimum=0)
         _positive_int("ctx_checkpoints", ctx_checkpoints, minimum=0)
         _positive_int("n_batch", n_batch)
+        if n_gpu_layers == "auto":  # as llama-cli's default: every layer, then fit to free memory
+            n_gpu_layers, fit = -1, True
         if isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int):
-            raise ValueError(f"n_gpu_layers must be an integer, not {n_gpu_layers!r}")
+            raise ValueError(f"n_gpu_layers must be an integer or 'auto', not {n_gpu_layers!r}")
+        if not isinstance(fit, bool):
+            raise ValueError(f"fit must be True or False, not {fit!r}")
+        _positive_int("fit_target_mib", fit_target_mib, minimum=0)
+        _positive_int("fit_min_ctx", fit_min_ctx, minimum=0)
         self.n_threads = _positive_int("n_threads", n_threads if n_threads is not None else _default_threads())
         if seed is not None and not (isinstance(seed, int) and 0 <= seed < _UINT32_MAX):
             raise ValueError(f"seed must be an integer in [0, 2**32 - 1), not {seed!r}")
@@ -166,17 +181,6 @@ class Llama:
         mparams.n_gpu_layers = n_gpu_layers
         mparams.vocab_only = bool(vocab_only)
         placement.apply(mparams)
-        with Capture() as cap:
-            self._model = lib.llama_model_load_from_file(os.fsencode(path), mparams)
-        if self._model == ffi.NULL:
-            raise ModelLoadError(f"could not load model {path}", cap.reason())
-        self._vocab = lib.llama_model_get_vocab(self._model)
-        self._metadata: "dict[str, str] | None" = None
-        self.vocab_only = bool(vocab_only)
-        if self.vocab_only:  # tokenizer only: no weights, no context
-            self.n_batch = 0
-            return
-
         cparams = lib.llama_context_default_params()
         cparams.n_ctx = n_ctx
         cparams.n_batch = n_batch
@@ -193,6 +197,26 @@ class Llama:
         policy_path = ffi.new("char[]", os.fsencode(self.kv_policy)) if self.kv_policy else ffi.NULL
         cparams.kv_policy = policy_path
         self._context_params(cparams)
+        self.fit_status: "str | None" = None
+        if fit and not vocab_only:
+            with Capture() as cap:
+                status = placement.fit(os.fsencode(path), mparams, cparams, fit_target_mib, fit_min_ctx)
+            self.fit_status = _FIT_STATUS.get(status, "error")
+            if status != 0:
+                logger.warning("fitting to free device memory: %s%s", self.fit_status,
+                               f" ({cap.reason()})" if cap.reason() else "")
+        self.n_gpu_layers = int(mparams.n_gpu_layers)
+        with Capture() as cap:
+            self._model = lib.llama_model_load_from_file(os.fsencode(path), mparams)
+        if self._model == ffi.NULL:
+            raise ModelLoadError(f"could not load model {path}", cap.reason())
+        self._vocab = lib.llama_model_get_vocab(self._model)
+        self._metadata: "dict[str, str] | None" = None
+        self.vocab_only = bool(vocab_only)
+        if self.vocab_only:  # tokenizer only: no weights, no context
+            self.n_batch = 0
+            return
+
         with Capture() as cap:
             self._ctx = lib.llama_init_from_model(self._model, cparams)
         if self._ctx == ffi.NULL:

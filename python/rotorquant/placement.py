@@ -79,6 +79,25 @@ class Placement:
                 arr[i].buft = lib.ggml_backend_dev_buffer_type(lib.ggml_backend_dev_by_name(device.encode()))
             self._overrides = arr
 
+    def fit(self, path: bytes, mparams, cparams, margin_mib: int, n_ctx_min: int) -> int:
+        """Run upstream's fitting over ``mparams``/``cparams`` (after :meth:`apply`):
+        the fields still at llama.cpp's defaults are set to what fits the devices' free
+        memory.  The arrays it writes are kept here, for the load.  Returns its status
+        (0 fits, 1 nothing found fits, 2 error)."""
+        n_dev, n_tbo = lib.llama_max_devices(), lib.llama_max_tensor_buft_overrides()
+        split = ffi.new("float[]", n_dev)
+        if self._split != ffi.NULL:
+            ffi.memmove(split, self._split, n_dev * ffi.sizeof("float"))
+        overrides = ffi.new("struct llama_model_tensor_buft_override[]", n_tbo)
+        if self._overrides != ffi.NULL:
+            n = 0
+            while self._overrides[n].pattern != ffi.NULL:
+                overrides[n] = self._overrides[n]
+                n += 1
+        self._keep += [split, overrides]
+        return lib.rq_fit_params(path, ffi.addressof(mparams), ffi.addressof(cparams), split, overrides,
+                                 margin_mib << 20, n_ctx_min)
+
     def apply(self, mparams) -> None:
         mparams.split_mode = getattr(lib, SPLIT_MODES[self.split_mode])
         mparams.main_gpu = self.main_gpu
