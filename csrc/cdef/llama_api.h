@@ -355,6 +355,49 @@ int rq_fit_params(const char * path_model, struct llama_model_params * mparams,
                   struct llama_context_params * cparams, float * tensor_split,
                   struct llama_model_tensor_buft_override * overrides, size_t margin_bytes, uint32_t n_ctx_min);
 
+/* ---- multimodal projectors (upstream's tools/mtmd: mtmd.h, mtmd-helper.h) ---- */
+typedef struct mtmd_context mtmd_context;
+typedef struct mtmd_bitmap mtmd_bitmap;
+typedef struct mtmd_input_chunks mtmd_input_chunks;
+typedef struct mtmd_helper_video mtmd_helper_video;
+struct mtmd_context_params {
+    bool use_gpu;
+    bool print_timings;
+    int n_threads;
+    const char * media_marker;
+    enum llama_flash_attn_type flash_attn_type;
+    bool warmup;
+    ...;
+};
+typedef struct mtmd_input_text {
+    const char * text;
+    size_t text_len;
+    bool add_special;
+    bool parse_special;
+} mtmd_input_text;
+struct mtmd_helper_init_opt { ...; };
+struct mtmd_helper_bitmap_wrapper { mtmd_bitmap * bitmap; mtmd_helper_video * video_ctx; };
+struct mtmd_context_params mtmd_context_params_default(void);
+mtmd_context * mtmd_init_from_file(const char * mmproj_fname, const struct llama_model * text_model,
+                                   const struct mtmd_context_params ctx_params);
+void mtmd_free(mtmd_context * ctx);
+bool mtmd_support_vision(const mtmd_context * ctx);
+bool mtmd_support_audio(const mtmd_context * ctx);
+void mtmd_bitmap_free(mtmd_bitmap * bitmap);
+mtmd_input_chunks * mtmd_input_chunks_init(void);
+void mtmd_input_chunks_free(mtmd_input_chunks * chunks);
+int32_t mtmd_tokenize(const mtmd_context * ctx, mtmd_input_chunks * output, const mtmd_input_text * text,
+                      const mtmd_bitmap * const * bitmaps, size_t n_bitmaps);
+struct mtmd_helper_init_opt mtmd_helper_init_opt_default(void);
+void mtmd_helper_log_set(ggml_log_callback log_callback, void * user_data);
+struct mtmd_helper_bitmap_wrapper mtmd_helper_bitmap_init_from_buf(const mtmd_context * ctx, const unsigned char * buf,
+                                                                   size_t len, bool placeholder,
+                                                                   struct mtmd_helper_init_opt opt);
+size_t mtmd_helper_get_n_tokens(const mtmd_input_chunks * chunks);
+int32_t mtmd_helper_eval_chunks(mtmd_context * ctx, struct llama_context * lctx, const mtmd_input_chunks * chunks,
+                                llama_pos n_past, llama_seq_id seq_id, int32_t n_batch, bool logits_last,
+                                llama_pos * new_n_past);
+
 /* ---- chat templates and parsing (csrc/shim/rq_chat.h) --------------------- */
 void rq_string_free(char * s);
 struct rq_chat;

@@ -25,6 +25,7 @@ from .gguf_check import check_gguf_path
 from .kvpolicy import locate as _kv_locate
 from .chat import ChatPrompt, ChatTemplate, ReplyParser
 from .checkpoints import Checkpoints
+from .media import Chunks, Projector, split_media
 from .completion import Step, chat_chunks, chat_completion, completion, completion_chunks
 from .placement import Placement
 from .sampling import Grammar, SamplerChain, Sampling, logprobs
@@ -101,6 +102,10 @@ class Llama:
     ``fit_min_ctx``); ``n_gpu_layers="auto"`` means ``-1`` with ``fit=True``.  The outcome
     is ``self.fit_status`` ("fits", "does not fit", "error") and ``self.n_gpu_layers``.
 
+    ``mmproj_path``: the multimodal projector (``mmproj-*.gguf``) for images/audio in chat
+    messages (:mod:`rotorquant.media`: parts ``image_url``/``input_audio`` with a path, a
+    ``data:`` URI or bytes).
+
     ``chat_template`` (Jinja source) replaces the GGUF's template for the chat methods.
     ``ctx_checkpoints``: on hybrid and recurrent models (Qwen3.5, Mamba), how many
     snapshots of the recurrent state are kept so that a prompt departing from the cache
@@ -119,10 +124,12 @@ class Llama:
                  override_tensor: "Mapping[str, str] | None" = None, n_cpu_moe: int = 0,
                  use_mmap: "bool | None" = None, use_mlock: bool = False,
                  chat_template: "str | None" = None, ctx_checkpoints: int = 4, fit: bool = False,
-                 fit_target_mib: int = 1024, fit_min_ctx: int = 4096):
+                 fit_target_mib: int = 1024, fit_min_ctx: int = 4096,
+                 mmproj_path: "str | os.PathLike[str] | None" = None):
         self._lock = threading.RLock()
         self._chat: "ChatTemplate | None" = None
         self._checkpoints: "Checkpoints | None" = None
+        self._projector: "Projector | None" = None
         self._model = ffi.NULL
         self._ctx = ffi.NULL
         self._abort = ffi.NULL
@@ -169,6 +176,8 @@ class Llama:
         if chat_template is not None and (not isinstance(chat_template, str) or not chat_template.strip()):
             raise ValueError("chat_template must be Jinja source text (or None for the model's own)")
         self.chat_template = chat_template
+        if mmproj_path is not None and not os.path.isfile(os.fspath(mmproj_path)):
+            raise FileNotFoundError(f"no projector file {os.fspath(mmproj_path)}")
         self.kv_policy = None
         if not vocab_only and (self.cache_type_k.quantized or self.cache_type_v.quantized or
                                kv_policy not in (None, "auto", "none")):
@@ -228,6 +237,13 @@ class Llama:
         self.n_batch = int(lib.llama_n_batch(self._ctx))
         if lib.llama_model_is_recurrent(self._model) or lib.llama_model_is_hybrid(self._model):
             self._checkpoints = Checkpoints(self._ctx, ctx_checkpoints)
+        if mmproj_path is not None:
+            try:
+                self._projector = Projector(mmproj_path, self._model, n_threads=self.n_threads,
+                                            use_gpu=self.n_gpu_layers != 0, flash_attn_type=_FLASH_ATTN[fa])
+            except BaseException:
+                self.close()
+                raise
         self._abort = lib.rq_abort_new()
         lib.llama_set_abort_callback(self._ctx, ffi.addressof(lib, "rq_abort_callback"), self._abort)
 
@@ -254,6 +270,9 @@ class Llama:
             if self._chat is not None:
                 self._chat.close()
                 self._chat = None
+            if self._projector is not None:
+                self._projector.close()
+                self._projector = None
             if self._model != ffi.NULL:
                 lib.llama_model_free(self._model)
                 self._model = ffi.NULL
@@ -576,7 +595,7 @@ class Llama:
         ``chat_template_kwargs``, ``reasoning_effort``.  A trailing assistant message is
         continued (a prefill), as in the server.
         """
-        return self._chat_template().render(messages, **options).prompt
+        return self._chat_template().render(self._media_messages(messages)[0], **options).prompt
 
     @_locked
     def create_chat_completion(self, messages: Sequence[Mapping], *,
@@ -620,21 +639,41 @@ class Llama:
         if max_tokens is not None:
             _positive_int("max_tokens", max_tokens, minimum=0)
         stops = (stop,) if isinstance(stop, str) else tuple(stop)
+        messages, media = self._media_messages(messages)
         cp = self._chat_template().render(
             messages, tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
             continue_final_message=continue_final_message, json_schema=schema, grammar=user_grammar,
             reasoning_format=reasoning_format, enable_thinking=enable_thinking,
             chat_template_kwargs=chat_template_kwargs, reasoning_effort=reasoning_effort)
-        tokens = self._prompt_tokens(cp.prompt, parse_special=True)
+        if media:
+            tokens = self._projector.tokenize(cp.prompt, media)
+            if tokens.n_tokens >= self.n_ctx:
+                n = tokens.n_tokens
+                tokens.close()
+                raise ValueError(f"prompt is {n} tokens with its media, which does not fit the context "
+                                 f"of {self.n_ctx} tokens (raise n_ctx)")
+        else:
+            tokens = self._prompt_tokens(cp.prompt, parse_special=True)
         grammar = self._chat_grammar(cp, root if user_grammar else "root")
         n_prompt, steps = self._start(tokens, self.n_ctx if max_tokens is None else max_tokens,
                                       stops + cp.stops, sampling, top_logprobs=n_top, grammar=grammar,
-                                      special=cp.preserved_tokens, marks=self._end_of_messages(tokens, cp))
+                                      special=cp.preserved_tokens,
+                                      marks=() if media else self._end_of_messages(tokens, cp))
         parser = ReplyParser(cp.parser)
         model = os.path.basename(self.model_path)
         if stream:
             return chat_chunks(steps, model, parser, logprobs, self._piece)
         return chat_completion(steps, model, n_prompt, parser, logprobs, self._piece)
+
+    def _media_messages(self, messages):
+        """Messages with media parts replaced by the projector's marker, and the media."""
+        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+            return messages, []  # the template reports the type error
+        out, media = split_media(messages, self._projector.marker if self._projector else "")
+        if media and self._projector is None:
+            raise ValueError("the messages hold images or audio: load the model with mmproj_path= "
+                             "(the projector file rq-convert writes next to it)")
+        return out, media
 
     def _end_of_messages(self, tokens: list[int], cp: ChatPrompt) -> tuple[int, ...]:
         """Where the last message ends and the generation prompt begins, in tokens: the
@@ -678,24 +717,30 @@ class Llama:
                              f"of {self.n_ctx} tokens (raise n_ctx)")
         return tokens
 
-    def _start(self, tokens: list[int], max_tokens: int, stop, sampling: dict,
+    def _start(self, tokens: "list[int] | Chunks", max_tokens: int, stop, sampling: dict,
                top_logprobs: "int | None" = None, grammar: "Grammar | None" = None,
                special: frozenset = frozenset(), marks: tuple[int, ...] = ()) -> "tuple[int, Iterator[Step]]":
         """Check everything, then return the prompt's length in tokens and the (lazy)
         generation; errors surface here, not at the first step.  ``special``: token ids
         whose text is rendered although they are control tokens (a chat template's
         tool-call markers)."""
-        self._check_open()
-        _positive_int("max_tokens", max_tokens, minimum=0)
-        stops = (stop,) if isinstance(stop, str) else tuple(stop)
-        if not all(isinstance(s, str) and s for s in stops):
-            raise ValueError("stop must be a string or a sequence of non-empty strings")
-        if sampling.get("seed") is None and self.seed is not None:
-            sampling = dict(sampling, seed=self.seed)
-        settings = Sampling(**sampling)
-        chain = SamplerChain(settings, self._vocab, self.n_vocab, self.n_ctx, grammar)
+        try:
+            self._check_open()
+            _positive_int("max_tokens", max_tokens, minimum=0)
+            stops = (stop,) if isinstance(stop, str) else tuple(stop)
+            if not all(isinstance(s, str) and s for s in stops):
+                raise ValueError("stop must be a string or a sequence of non-empty strings")
+            if sampling.get("seed") is None and self.seed is not None:
+                sampling = dict(sampling, seed=self.seed)
+            settings = Sampling(**sampling)
+            chain = SamplerChain(settings, self._vocab, self.n_vocab, self.n_ctx, grammar)
+        except BaseException:
+            if isinstance(tokens, Chunks):
+                tokens.close()
+            raise
         self._generation += 1
-        return len(tokens), self._generate(self._generation, tokens, max_tokens, stops, chain, top_logprobs,
+        n_prompt = tokens.n_tokens if isinstance(tokens, Chunks) else len(tokens)
+        return n_prompt, self._generate(self._generation, tokens, max_tokens, stops, chain, top_logprobs,
                                            special, marks)
 
     def _keep_prefix(self, tokens: list[int]) -> int:
@@ -741,6 +786,22 @@ class Llama:
             if stop < len(tokens):
                 self._checkpoints.take(stop)
             start = stop
+
+    def _eval_media(self, chunks: Chunks) -> int:
+        """Evaluate a prompt with media from an empty cache (mtmd encodes each medium and
+        decodes text and embeddings in order); return the tokens it filled.  The cache
+        then holds embeddings, so the next prompt starts over."""
+        lib.llama_memory_clear(lib.llama_get_memory(self._ctx), True)
+        if self._checkpoints is not None:
+            self._checkpoints.clear()
+        self._cached = None
+        new_n_past = ffi.new("llama_pos *")
+        with Capture() as cap:
+            rc = self._call_interruptibly(lambda: lib.mtmd_helper_eval_chunks(
+                self._projector._ctx, self._ctx, chunks.ptr, 0, 0, self.n_batch, True, new_n_past))
+        if rc != 0:
+            raise DecodeError(f"evaluating the multimodal prompt failed (error {rc})", cap.reason())
+        return chunks.n_tokens
 
     def _token_text(self, token: int) -> str:
         return self._piece(token).decode("utf-8", "replace")
@@ -788,7 +849,7 @@ class Llama:
                     -1: "invalid batch"}.get(rc, f"error {rc}")
             raise DecodeError(f"llama_decode failed: {what}", cap.reason())
 
-    def _generate(self, generation: int, tokens: list[int], max_tokens: int, stops: tuple[str, ...],
+    def _generate(self, generation: int, tokens: "list[int] | Chunks", max_tokens: int, stops: tuple[str, ...],
                   chain: SamplerChain, top_logprobs: "int | None", special: frozenset,
                   marks: tuple[int, ...]) -> Iterator[Step]:
         try:
@@ -796,11 +857,15 @@ class Llama:
                 if generation != self._generation or self.closed:
                     return
                 lib.llama_perf_context_reset(self._ctx)
-                keep = self._keep_prefix(tokens)
-                self._eval_prompt(tokens, keep, marks)
-                self._cached = list(tokens)
-                chain.accept_prompt(tokens)
-            n_past, n_ctx = len(tokens), self.n_ctx
+                if isinstance(tokens, Chunks):
+                    n_past = self._eval_media(tokens)
+                else:
+                    keep = self._keep_prefix(tokens)
+                    self._eval_prompt(tokens, keep, marks)
+                    self._cached = list(tokens)
+                    chain.accept_prompt(tokens)
+                    n_past = len(tokens)
+            n_ctx = self.n_ctx
             text = _StopScanner(stops)
             utf8 = codecs.getincrementaldecoder("utf-8")("replace")
             step = ffi.new("llama_token[1]")
@@ -836,6 +901,8 @@ class Llama:
             yield Step(out + text.flush(), None, finish=finish)
         finally:
             chain.close()
+            if isinstance(tokens, Chunks):
+                tokens.close()
 
 
 _STATE_MAGIC = b"RQSTATE1"  # file header: a clear error for anything else
