@@ -77,7 +77,7 @@ class Capture:
     >>> cap.reason()   # "error loading model: ..." or ""
     """
 
-    def __enter__(self) -> "Capture":
+    def __enter__(self) -> Capture:
         with _lock:
             self._start = next(_counter)
         return self

@@ -76,7 +76,7 @@ def all_types() -> list[CacheType]:
     return list(_REGISTRY.values())
 
 
-def get(name: "str | CacheType") -> CacheType:
+def get(name: str | CacheType) -> CacheType:
     """Look up a cache type by name (case-insensitive).
 
     Raises ``ValueError`` naming the valid choices for anything else.

@@ -48,7 +48,7 @@ def _json(value, what: str) -> bytes:
         raise ChatError(f"{what} cannot be written as JSON: {exc}") from None
 
 
-def json_schema_to_grammar(schema: "Mapping | str") -> str:
+def json_schema_to_grammar(schema: Mapping | str) -> str:
     """GBNF that admits exactly the JSON documents ``schema`` describes (upstream's
     converter, the one behind llama-server's ``json_schema``)."""
     text = schema.encode() if isinstance(schema, str) else _json(schema, "the JSON schema")
@@ -73,7 +73,7 @@ class ChatPrompt:
 class ChatTemplate:
     """A model's chat templates (or ``template``, Jinja source, instead of the GGUF's)."""
 
-    def __init__(self, model, template: "str | None" = None):
+    def __init__(self, model, template: str | None = None):
         if template is not None and not isinstance(template, str):
             raise TypeError(f"chat_template must be Jinja source text, not {type(template).__name__}")
         err = ffi.new("char **")
@@ -82,13 +82,13 @@ class ChatTemplate:
             raise ChatError(f"chat template: {_reason(err)}")
         self.info = json.loads(_result(lib.rq_chat_info, self._ptr))
 
-    def render(self, messages: Sequence[Mapping], *, tools: "Sequence[Mapping] | None" = None,
-               tool_choice: str = "auto", parallel_tool_calls: "bool | None" = None,
-               add_generation_prompt: bool = True, continue_final_message: "bool | str | None" = None,
-               json_schema: "Mapping | None" = None, grammar: "str | None" = None,
+    def render(self, messages: Sequence[Mapping], *, tools: Sequence[Mapping] | None = None,
+               tool_choice: str = "auto", parallel_tool_calls: bool | None = None,
+               add_generation_prompt: bool = True, continue_final_message: bool | str | None = None,
+               json_schema: Mapping | None = None, grammar: str | None = None,
                reasoning_format: str = "deepseek", enable_thinking: bool = True,
-               chat_template_kwargs: "Mapping | None" = None,
-               reasoning_effort: "str | None" = None) -> ChatPrompt:
+               chat_template_kwargs: Mapping | None = None,
+               reasoning_effort: str | None = None) -> ChatPrompt:
         if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not all(
                 isinstance(m, Mapping) for m in messages):
             raise TypeError("messages must be a list of dicts like {'role': 'user', 'content': '...'}")
@@ -143,7 +143,7 @@ class ReplyParser:
         except Exception:  # pragma: no cover - interpreter teardown
             pass
 
-    def __enter__(self) -> "ReplyParser":
+    def __enter__(self) -> ReplyParser:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Step:
     text: str
-    token: "int | None"
-    logprob: "float | None" = None
-    top: "list[tuple[int, float]] | None" = None
-    finish: "str | None" = None   # "stop" or "length" on the last step
+    token: int | None
+    logprob: float | None = None
+    top: list[tuple[int, float]] | None = None
+    finish: str | None = None   # "stop" or "length" on the last step
 
 
 def _ids() -> tuple[str, int]:
@@ -113,7 +113,7 @@ def _chat_logprob(step: Step, token_bytes: Callable[[int], bytes]) -> dict:
     return out
 
 
-def _finish(finish: "str | None", message: dict) -> "str | None":
+def _finish(finish: str | None, message: dict) -> str | None:
     return "tool_calls" if finish == "stop" and message.get("tool_calls") else finish
 
 
@@ -175,7 +175,7 @@ def chat_chunks(steps: Iterator[Step], model: str, parser, with_logprobs: bool,
                 token_bytes: Callable[[int], bytes]) -> Iterator[dict]:
     cid, created = _ids()
 
-    def chunk(delta: dict, finish: "str | None" = None, logprobs=None) -> dict:
+    def chunk(delta: dict, finish: str | None = None, logprobs=None) -> dict:
         return {"id": "chat" + cid, "object": "chat.completion.chunk", "created": created, "model": model,
                 "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 GGUF_MAGIC = b"GGUF"
 
 
-def check_gguf_path(path: "str | os.PathLike[str]") -> Path:
+def check_gguf_path(path: str | os.PathLike[str]) -> Path:
     """Return ``path`` as a Path if it names a readable GGUF file.
 
     Raises ``FileNotFoundError`` (missing), ``IsADirectoryError`` (a folder),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import array
 import codecs
-import functools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -23,10 +22,11 @@ from ._native import ffi, lib
 from .errors import ContextError, DecodeError, ModelLoadError
 from .gguf_check import check_gguf_path
 from .kvpolicy import locate as _kv_locate
-from .chat import ChatPrompt, ChatTemplate, ReplyParser
+from ._checks import _locked, _positive_int
+from .chat_api import ChatMixin
 from .checkpoints import Checkpoints
-from .media import Chunks, Projector, split_media
-from .completion import Step, chat_chunks, chat_completion, completion, completion_chunks
+from .media import Chunks, Projector
+from .completion import Step, completion, completion_chunks
 from .placement import Placement
 from .sampling import Grammar, SamplerChain, Sampling, logprobs
 
@@ -43,16 +43,7 @@ _POOLING = {
 }
 
 
-def _locked(method):
-    """Run a method under the object's lock (concurrent calls are serialized)."""
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with self._lock:
-            return method(self, *args, **kwargs)
-    return wrapper
-
-
-def _flash_attn_mode(value: "str | bool") -> str:
+def _flash_attn_mode(value: str | bool) -> str:
     if value is True or value is False:
         return "on" if value else "off"
     if isinstance(value, str) and value.lower() in _FLASH_ATTN:
@@ -67,13 +58,7 @@ def _default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, not {value!r}")
-    return value
-
-
-class Llama:
+class Llama(ChatMixin):
     """A loaded GGUF model with a context whose KV cache uses named types.
 
     >>> with Llama("model.gguf", cache_type_k="q8_0", cache_type_v="q8_0") as llm:
@@ -113,29 +98,29 @@ class Llama:
     (:mod:`rotorquant.checkpoints`); 0 turns them off.
     """
 
-    def __init__(self, model_path: "str | os.PathLike[str]", *, n_ctx: int = 0, n_batch: int = 512,
-                 n_gpu_layers: "int | str" = 0, cache_type_k: "str | cache_types.CacheType" = "f16",
-                 cache_type_v: "str | cache_types.CacheType" = "f16",
-                 flash_attn: "str | bool" = "auto", seed: "int | None" = None,
-                 n_threads: "int | None" = None, verbose: bool = False, vocab_only: bool = False,
-                 kv_policy: "str | os.PathLike[str] | None" = "auto", embeddings: bool = False,
-                 pooling: "str | None" = None, split_mode: str = "layer", main_gpu: int = 0,
-                 tensor_split: "Sequence[float] | None" = None,
-                 override_tensor: "Mapping[str, str] | None" = None, n_cpu_moe: int = 0,
-                 use_mmap: "bool | None" = None, use_mlock: bool = False,
-                 chat_template: "str | None" = None, ctx_checkpoints: int = 4, fit: bool = False,
+    def __init__(self, model_path: str | os.PathLike[str], *, n_ctx: int = 0, n_batch: int = 512,
+                 n_gpu_layers: int | str = 0, cache_type_k: str | cache_types.CacheType = "f16",
+                 cache_type_v: str | cache_types.CacheType = "f16",
+                 flash_attn: str | bool = "auto", seed: int | None = None,
+                 n_threads: int | None = None, verbose: bool = False, vocab_only: bool = False,
+                 kv_policy: str | os.PathLike[str] | None = "auto", embeddings: bool = False,
+                 pooling: str | None = None, split_mode: str = "layer", main_gpu: int = 0,
+                 tensor_split: Sequence[float] | None = None,
+                 override_tensor: Mapping[str, str] | None = None, n_cpu_moe: int = 0,
+                 use_mmap: bool | None = None, use_mlock: bool = False,
+                 chat_template: str | None = None, ctx_checkpoints: int = 4, fit: bool = False,
                  fit_target_mib: int = 1024, fit_min_ctx: int = 4096,
-                 mmproj_path: "str | os.PathLike[str] | None" = None):
+                 mmproj_path: str | os.PathLike[str] | None = None):
         self._lock = threading.RLock()
-        self._chat: "ChatTemplate | None" = None
-        self._checkpoints: "Checkpoints | None" = None
-        self._projector: "Projector | None" = None
+        self._chat: ChatTemplate | None = None
+        self._checkpoints: Checkpoints | None = None
+        self._projector: Projector | None = None
         self._model = ffi.NULL
         self._ctx = ffi.NULL
         self._abort = ffi.NULL
-        self._worker: "ThreadPoolExecutor | None" = None
+        self._worker: ThreadPoolExecutor | None = None
         self._generation = 0  # bumps on every generate(); stale streams stop
-        self._cached: "list[int] | None" = []  # tokens in the KV cache, in order (None: unknown)
+        self._cached: list[int] | None = []  # tokens in the KV cache, in order (None: unknown)
         self._reused = 0                          # prompt tokens the last generation took from it
 
         # Everything checkable is checked before any C call.
@@ -206,7 +191,7 @@ class Llama:
         policy_path = ffi.new("char[]", os.fsencode(self.kv_policy)) if self.kv_policy else ffi.NULL
         cparams.kv_policy = policy_path
         self._context_params(cparams)
-        self.fit_status: "str | None" = None
+        self.fit_status: str | None = None
         if fit and not vocab_only:
             with Capture() as cap:
                 status = placement.fit(os.fsencode(path), mparams, cparams, fit_target_mib, fit_min_ctx)
@@ -220,7 +205,7 @@ class Llama:
         if self._model == ffi.NULL:
             raise ModelLoadError(f"could not load model {path}", cap.reason())
         self._vocab = lib.llama_model_get_vocab(self._model)
-        self._metadata: "dict[str, str] | None" = None
+        self._metadata: dict[str, str] | None = None
         self.vocab_only = bool(vocab_only)
         if self.vocab_only:  # tokenizer only: no weights, no context
             self.n_batch = 0
@@ -281,7 +266,7 @@ class Llama:
     def closed(self) -> bool:
         return self._model == ffi.NULL
 
-    def __enter__(self) -> "Llama":
+    def __enter__(self) -> Llama:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -424,7 +409,7 @@ class Llama:
             self._cached += ids
 
     @_locked
-    def logits(self) -> "array.array[float]":
+    def logits(self) -> array.array[float]:
         """Logits after the last evaluated token (one float per vocabulary entry)."""
         self._check_open()
         with Capture() as cap:
@@ -436,8 +421,8 @@ class Llama:
         return out
 
     @_locked
-    def save_state(self, path: "str | os.PathLike[str] | None" = None, *,
-                   seq_id: "int | None" = None) -> "bytes | None":
+    def save_state(self, path: str | os.PathLike[str] | None = None, *,
+                   seq_id: int | None = None) -> bytes | None:
         """The context's state (KV cache in its own type, logits, RNG) as bytes, or into
         the file ``path`` (written whole or not at all).  ``seq_id`` takes one sequence's
         cache only, for :meth:`load_state` into the same or another sequence."""
@@ -458,7 +443,7 @@ class Llama:
         return None
 
     @_locked
-    def load_state(self, state: "bytes | str | os.PathLike[str]", *, seq_id: "int | None" = None) -> None:
+    def load_state(self, state: bytes | str | os.PathLike[str], *, seq_id: int | None = None) -> None:
         """Restore a state from :meth:`save_state` (bytes or a file) of a context with the
         same model and settings; with ``seq_id``, a one-sequence state into that sequence."""
         self._check_open()
@@ -480,7 +465,7 @@ class Llama:
         if n == 0:
             raise ValueError(f"state of {len(data)} bytes does not fit this context: {cap.reason() or 'rejected'}")
 
-    def _seq(self, seq_id: "int | None") -> "int | None":
+    def _seq(self, seq_id: int | None) -> int | None:
         if seq_id is None:
             return None
         n = int(lib.llama_n_seq_max(self._ctx))
@@ -490,7 +475,7 @@ class Llama:
 
     # -- embeddings ----------------------------------------------------------
     @_locked
-    def embed(self, text: "str | Sequence[str]", *, normalize: bool = True):
+    def embed(self, text: str | Sequence[str], *, normalize: bool = True):
         """Embedding of ``text`` (a list of floats), or of each text of a sequence.
 
         Needs ``Llama(..., embeddings=True)``.  The vector is pooled as the model says
@@ -534,8 +519,8 @@ class Llama:
 
     # -- generation ----------------------------------------------------------
     @_locked
-    def generate(self, prompt: str, max_tokens: int = 128, *, stop: "str | Sequence[str]" = (),
-                 stream: bool = False, **sampling) -> "str | Iterator[str]":
+    def generate(self, prompt: str, max_tokens: int = 128, *, stop: str | Sequence[str] = (),
+                 stream: bool = False, **sampling) -> str | Iterator[str]:
         """Complete ``prompt`` (raw text, no chat template).
 
         ``sampling`` takes the fields of :class:`rotorquant.Sampling` (``temperature``,
@@ -554,8 +539,8 @@ class Llama:
 
     @_locked
     def create_completion(self, prompt: str, *, max_tokens: int = 16, stream: bool = False,
-                          stop: "str | Sequence[str]" = (), logprobs: "int | None" = None,
-                          **sampling) -> "dict | Iterator[dict]":
+                          stop: str | Sequence[str] = (), logprobs: int | None = None,
+                          **sampling) -> dict | Iterator[dict]:
         """An OpenAI-shaped text completion (``object: "text_completion"``).
 
         ``logprobs=N`` adds, per generated token, its log-probability under the model and
@@ -575,136 +560,6 @@ class Llama:
             return completion_chunks(steps, model, logprobs is not None, self._token_text)
         return completion(steps, model, n_prompt, logprobs is not None, self._token_text)
 
-    # -- chat ----------------------------------------------------------------
-    def _chat_template(self) -> ChatTemplate:
-        self._check_open(need_context=False)
-        if self._chat is None:
-            self._chat = ChatTemplate(self._model, self.chat_template)
-        return self._chat
-
-    @_locked
-    def apply_chat_template(self, messages: Sequence[Mapping], **options) -> str:
-        """The prompt that ``messages`` (OpenAI-style dicts) become.
-
-        Rendered by llama.cpp's own chat code from the GGUF's Jinja template (or the
-        ``chat_template`` given to the constructor) with llama-server's defaults, so it
-        is byte for byte what the bundled ``llama-server`` renders (its
-        ``/apply-template``).  ``options``: ``tools``, ``tool_choice``,
-        ``parallel_tool_calls``, ``add_generation_prompt``, ``continue_final_message``,
-        ``json_schema``, ``grammar``, ``reasoning_format``, ``enable_thinking``,
-        ``chat_template_kwargs``, ``reasoning_effort``.  A trailing assistant message is
-        continued (a prefill), as in the server.
-        """
-        return self._chat_template().render(self._media_messages(messages)[0], **options).prompt
-
-    @_locked
-    def create_chat_completion(self, messages: Sequence[Mapping], *,
-                               tools: "Sequence[Mapping] | None" = None, tool_choice: str = "auto",
-                               parallel_tool_calls: "bool | None" = None,
-                               response_format: "Mapping | None" = None, max_tokens: "int | None" = None,
-                               stream: bool = False, stop: "str | Sequence[str]" = (),
-                               logprobs: bool = False, top_logprobs: "int | None" = None,
-                               reasoning_format: str = "deepseek", enable_thinking: bool = True,
-                               reasoning_effort: "str | None" = None,
-                               chat_template_kwargs: "Mapping | None" = None,
-                               continue_final_message: "bool | str | None" = None,
-                               **sampling) -> "dict | Iterator[dict]":
-        """An OpenAI-shaped chat completion (``object: "chat.completion"``).
-
-        The prompt is :meth:`apply_chat_template`'s.  With ``tools`` the template's tool
-        format is used: generation is constrained to valid calls from the template's
-        trigger on, and the reply comes back parsed into ``message["tool_calls"]``
-        (``finish_reason: "tool_calls"``).  Text in the template's thinking tags goes to
-        ``message["reasoning_content"]`` (``reasoning_format="none"`` leaves it in the
-        content).  ``response_format`` as OpenAI's (``{"type": "json_object"}``, optionally
-        with ``"schema"``, or ``{"type": "json_schema", "json_schema": {"schema": ...}}``)
-        constrains the reply to JSON; ``grammar=`` (GBNF) to a grammar.  ``max_tokens=None``
-        runs until the model stops or the context is full.  ``logprobs=True`` (with
-        ``top_logprobs=N`` alternatives) adds OpenAI's ``logprobs.content`` list.  With
-        ``stream=True`` an iterator of ``chat.completion.chunk`` dicts is returned, each
-        carrying a ``delta``.  Sampling settings as :meth:`generate`.
-        """
-        schema = _response_schema(response_format)
-        user_grammar = sampling.pop("grammar", None)
-        root = sampling.pop("grammar_root", "root")
-        if not isinstance(logprobs, bool):
-            raise ValueError(f"logprobs must be True or False, not {logprobs!r}")
-        if top_logprobs is not None:
-            if not logprobs:
-                raise ValueError("top_logprobs needs logprobs=True")
-            _positive_int("top_logprobs", top_logprobs, minimum=0)
-            if top_logprobs > 20:
-                raise ValueError(f"top_logprobs must be at most 20, not {top_logprobs}")
-        n_top = (top_logprobs or 0) if logprobs else None
-        if max_tokens is not None:
-            _positive_int("max_tokens", max_tokens, minimum=0)
-        stops = (stop,) if isinstance(stop, str) else tuple(stop)
-        messages, media = self._media_messages(messages)
-        cp = self._chat_template().render(
-            messages, tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
-            continue_final_message=continue_final_message, json_schema=schema, grammar=user_grammar,
-            reasoning_format=reasoning_format, enable_thinking=enable_thinking,
-            chat_template_kwargs=chat_template_kwargs, reasoning_effort=reasoning_effort)
-        if media:
-            tokens = self._projector.tokenize(cp.prompt, media)
-            if tokens.n_tokens >= self.n_ctx:
-                n = tokens.n_tokens
-                tokens.close()
-                raise ValueError(f"prompt is {n} tokens with its media, which does not fit the context "
-                                 f"of {self.n_ctx} tokens (raise n_ctx)")
-        else:
-            tokens = self._prompt_tokens(cp.prompt, parse_special=True)
-        grammar = self._chat_grammar(cp, root if user_grammar else "root")
-        n_prompt, steps = self._start(tokens, self.n_ctx if max_tokens is None else max_tokens,
-                                      stops + cp.stops, sampling, top_logprobs=n_top, grammar=grammar,
-                                      special=cp.preserved_tokens,
-                                      marks=() if media else self._end_of_messages(tokens, cp))
-        parser = ReplyParser(cp.parser)
-        model = os.path.basename(self.model_path)
-        if stream:
-            return chat_chunks(steps, model, parser, logprobs, self._piece)
-        return chat_completion(steps, model, n_prompt, parser, logprobs, self._piece)
-
-    def _media_messages(self, messages):
-        """Messages with media parts replaced by the projector's marker, and the media."""
-        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-            return messages, []  # the template reports the type error
-        out, media = split_media(messages, self._projector.marker if self._projector else "")
-        if media and self._projector is None:
-            raise ValueError("the messages hold images or audio: load the model with mmproj_path= "
-                             "(the projector file rq-convert writes next to it)")
-        return out, media
-
-    def _end_of_messages(self, tokens: list[int], cp: ChatPrompt) -> tuple[int, ...]:
-        """Where the last message ends and the generation prompt begins, in tokens: the
-        next turn re-renders what follows.  Taken as the tokens the prompt without its
-        generation prompt shares with the whole prompt (a tokenizer may merge across
-        the boundary; then the checkpoint sits a token or two earlier)."""
-        gen = cp.generation_prompt
-        if self._checkpoints is None or not gen or not cp.prompt.endswith(gen):
-            return ()
-        head = self.tokenize(cp.prompt[:len(cp.prompt) - len(gen)], parse_special=True)
-        n = 0
-        for a, b in zip(head, tokens):
-            if a != b:
-                break
-            n += 1
-        return (n,) if 0 < n < len(tokens) else ()
-
-    def _chat_grammar(self, cp: ChatPrompt, root: str) -> "Grammar | None":
-        """The template's grammar, started past what the template wrote after the last
-        message (as upstream's sampler does: the grammar begins with that text)."""
-        if not cp.grammar:
-            return None
-        prefill: tuple[int, ...] = ()
-        if not cp.grammar_lazy and cp.generation_prompt:
-            toks = self.tokenize(cp.generation_prompt, add_special=False, parse_special=True)
-            # some tokenizers put a space token first, which the template did not write
-            if toks and self._piece(toks[0], True)[:1].isspace() and not cp.generation_prompt[:1].isspace():
-                toks = toks[1:]
-            prefill = tuple(toks)
-        return Grammar(cp.grammar, root, cp.grammar_lazy, cp.trigger_patterns, cp.trigger_tokens, prefill)
-
     def _prompt_tokens(self, prompt: str, parse_special: bool = False) -> list[int]:
         self._check_open()
         if not isinstance(prompt, str):
@@ -717,9 +572,9 @@ class Llama:
                              f"of {self.n_ctx} tokens (raise n_ctx)")
         return tokens
 
-    def _start(self, tokens: "list[int] | Chunks", max_tokens: int, stop, sampling: dict,
-               top_logprobs: "int | None" = None, grammar: "Grammar | None" = None,
-               special: frozenset = frozenset(), marks: tuple[int, ...] = ()) -> "tuple[int, Iterator[Step]]":
+    def _start(self, tokens: list[int] | Chunks, max_tokens: int, stop, sampling: dict,
+               top_logprobs: int | None = None, grammar: Grammar | None = None,
+               special: frozenset = frozenset(), marks: tuple[int, ...] = ()) -> tuple[int, Iterator[Step]]:
         """Check everything, then return the prompt's length in tokens and the (lazy)
         generation; errors surface here, not at the first step.  ``special``: token ids
         whose text is rendered although they are control tokens (a chat template's
@@ -770,7 +625,7 @@ class Llama:
         self._reused = keep
         return keep
 
-    def _eval_prompt(self, tokens: list[int], keep: int, marks: "Iterable[int]" = ()) -> None:
+    def _eval_prompt(self, tokens: list[int], keep: int, marks: Iterable[int] = ()) -> None:
         """Evaluate ``tokens[keep:]``.  With checkpoints, batches end at ``marks`` and
         before the last token, and the state is saved there: the points a later prompt
         goes back to (the same prompt again; in a chat, the end of the last message,
@@ -849,8 +704,8 @@ class Llama:
                     -1: "invalid batch"}.get(rc, f"error {rc}")
             raise DecodeError(f"llama_decode failed: {what}", cap.reason())
 
-    def _generate(self, generation: int, tokens: "list[int] | Chunks", max_tokens: int, stops: tuple[str, ...],
-                  chain: SamplerChain, top_logprobs: "int | None", special: frozenset,
+    def _generate(self, generation: int, tokens: list[int] | Chunks, max_tokens: int, stops: tuple[str, ...],
+                  chain: SamplerChain, top_logprobs: int | None, special: frozenset,
                   marks: tuple[int, ...]) -> Iterator[Step]:
         try:
             with self._lock:
@@ -906,25 +761,6 @@ class Llama:
 
 
 _STATE_MAGIC = b"RQSTATE1"  # file header: a clear error for anything else
-
-
-def _response_schema(response_format: "Mapping | None") -> "Mapping | None":
-    """The JSON schema an OpenAI ``response_format`` asks for (``{}``: any object)."""
-    if response_format is None:
-        return None
-    if not isinstance(response_format, Mapping):
-        raise ValueError(f"response_format must be a dict like {{'type': 'json_object'}}, not {response_format!r}")
-    kind = response_format.get("type", "text")
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return response_format.get("schema") or {}
-    if kind == "json_schema":
-        wrapper = response_format.get("json_schema")
-        if not isinstance(wrapper, Mapping) or not isinstance(wrapper.get("schema", {}), Mapping):
-            raise ValueError("response_format of type 'json_schema' needs {'json_schema': {'schema': {...}}}")
-        return wrapper.get("schema") or {}
-    raise ValueError(f"response_format type must be 'text', 'json_object' or 'json_schema', not {kind!r}")
 
 
 def _write_whole(path: str, data: bytes) -> None:

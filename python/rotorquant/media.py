@@ -105,7 +105,7 @@ class Projector:
         self.vision = bool(lib.mtmd_support_vision(self._ctx))
         self.audio = bool(lib.mtmd_support_audio(self._ctx))
 
-    def tokenize(self, prompt: str, sources: Sequence) -> "Chunks":
+    def tokenize(self, prompt: str, sources: Sequence) -> Chunks:
         """Cut ``prompt`` at the markers into text and media chunks (one source each)."""
         bitmaps = []
         try:

@@ -32,9 +32,9 @@ class Placement:
     keeps the C arrays alive, so it must outlive the model load."""
 
     def __init__(self, *, split_mode: str = "layer", main_gpu: int = 0,
-                 tensor_split: "Sequence[float] | None" = None,
-                 override_tensor: "Mapping[str, str] | None" = None, n_cpu_moe: int = 0,
-                 use_mmap: "bool | None" = None, use_mlock: bool = False):
+                 tensor_split: Sequence[float] | None = None,
+                 override_tensor: Mapping[str, str] | None = None, n_cpu_moe: int = 0,
+                 use_mmap: bool | None = None, use_mlock: bool = False):
         if split_mode not in SPLIT_MODES:
             raise ValueError(f"split_mode must be one of {sorted(SPLIT_MODES)}, not {split_mode!r}")
         for name, value in (("main_gpu", main_gpu), ("n_cpu_moe", n_cpu_moe)):

@@ -70,8 +70,8 @@ class Sampling:
     mirostat_tau: float = 5.0
     mirostat_eta: float = 0.1
     logit_bias: Mapping[int, float] = field(default_factory=dict)
-    seed: "int | None" = None
-    grammar: "str | None" = None
+    seed: int | None = None
+    grammar: str | None = None
     grammar_root: str = "root"
 
     def __post_init__(self) -> None:
@@ -133,7 +133,7 @@ class SamplerChain:
     """The C sampler chain for one generation; ``close()`` frees it (idempotent).
     ``grammar`` replaces ``s.grammar`` (chat completions build theirs from the template)."""
 
-    def __init__(self, s: Sampling, vocab, n_vocab: int, n_ctx: int, grammar: "Grammar | None" = None):
+    def __init__(self, s: Sampling, vocab, n_vocab: int, n_ctx: int, grammar: Grammar | None = None):
         if grammar is None and s.grammar is not None:
             grammar = Grammar(s.grammar, s.grammar_root)
         for tok in s.logit_bias:
