@@ -10,8 +10,8 @@
 //      R^T once to the output row (the rotation is linear and the same for every token).
 // Scores, probabilities and accumulators are f32; the online softmax is the usual one.
 //
-// Work split: thread t of a 128-thread block scores key row t of a 128-row tile for all
-// query heads (the row's codes are read straight from global memory); then every thread
+// Work split: the block first copies a 128-row tile of K codes to shared memory (coalesced),
+// then thread t scores key row t of the tile for all query heads; then every thread
 // accumulates an 8-value slot of V for up to 8 heads over its share of the tile's rows.
 // Slices of the KV range run in parallel blocks; the combine kernel merges them.
 #include "rq-cuda-codec.cuh"
@@ -23,6 +23,15 @@
 namespace {
 
 constexpr int RQ_FA_THREADS = 128;  // = rows per tile
+
+// Bytes between K rows staged in shared memory: the row rounded up to whole 32-bit words,
+// plus one word where that count is even, so that thread t reading row t hits bank
+// (pitch/4 * t + w) mod 32: an odd word stride is conflict-free.
+template <int D, int KBITS>
+__host__ __device__ constexpr int rq_k_pitch() {
+    return ((D/RQ_QK)*rq_block_bytes<KBITS>() + 3)/4 % 2 == 0 ? ((D/RQ_QK)*rq_block_bytes<KBITS>() + 3)/4*4 + 4
+                                                              : ((D/RQ_QK)*rq_block_bytes<KBITS>() + 3)/4*4;
+}
 enum rq_v_kind { RQ_V_RQ3 = 0, RQ_V_RQ4 = 1, RQ_V_F16 = 2, RQ_V_Q8_0 = 3 };
 
 struct rq_fattn_params {
@@ -180,6 +189,7 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
     constexpr int RG    = T / TPR;             // rows processed at once in the V phase
     static_assert(T % TPR == 0, "V phase mapping");
     constexpr int VBITS = VK == RQ_V_RQ3 ? 3 : 4;
+    constexpr int KP    = rq_k_pitch<D, KBITS>();
 
     extern __shared__ float smem[];
     float * sQ     = smem;              // [GP][D] rotated, scaled queries in code order; later the output
@@ -189,6 +199,7 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
     float * sSlope = sAlpha + GP;       // [GP] ALiBi slopes
     float * sLK    = sSlope + GP;       // [16] K levels
     float * sLV    = sLK + 16;          // [16] V levels
+    char  * sK     = (char *) (sLV + 16); // [T][KP] the tile's K rows, staged by the whole block
 
     const int tid = threadIdx.x, lane = tid % WARP_SIZE, warp = tid / WARP_SIZE;
     const int split = blockIdx.x;
@@ -250,6 +261,18 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
     const int t_end   = min(p.n_kv, t_begin + p.split_len);
 
     for (int t0 = t_begin; t0 < t_end; t0 += T) {
+        // ---- stage the tile's K rows: consecutive threads read consecutive 16-bit words
+        //      of a row (coalesced), where one thread per row would touch a sector per word
+        {
+            constexpr int KRH = NB*KBS/2;  // 16-bit words per row
+            const int n_rows = min(T, t_end - t0);
+            for (int u = tid; u < n_rows*KRH; u += T) {
+                const int r = u / KRH, w = u % KRH;
+                *(uint16_t *) (sK + r*KP + 2*w) = (uint16_t) ld_u16(Kh + (int64_t) (t0 + r)*p.nb11 + 2*w);
+            }
+        }
+        __syncthreads();
+
         // ---- scores of row t for every head
         const int t = t0 + tid;
         float s[GP];
@@ -258,7 +281,7 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
             for (int h = 0; h < GP; ++h) {
                 s[h] = 0.0f;
             }
-            const char * krow = Kh + (int64_t) t*p.nb11;
+            const char * krow = sK + tid*KP;
 #pragma unroll
             for (int b = 0; b < NB; ++b) {
                 const char * blk = krow + b*KBS;
@@ -470,7 +493,8 @@ int rq_group_pad(const int gqa) {
 
 template <int D, int KBITS, int VK, int GP>
 void rq_launch(const rq_fattn_params & p, const dim3 grid, cudaStream_t stream) {
-    constexpr size_t smem = sizeof(float)*(GP*D + RQ_FA_THREADS*GP + 4*GP + 2*GP + 32);
+    constexpr size_t smem = sizeof(float)*(GP*D + RQ_FA_THREADS*GP + 4*GP + 2*GP + 32) +
+                            (size_t) RQ_FA_THREADS*rq_k_pitch<D, KBITS>();
     static_assert(smem <= 48*1024, "shared memory");
     rq_fattn_decode<D, KBITS, VK, GP><<<grid, RQ_FA_THREADS, smem, stream>>>(p);
 }
