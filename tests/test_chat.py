@@ -224,3 +224,23 @@ def test_bad_chat_requests_raise_errors_that_name_the_problem(tiny_model, smollm
             llm.apply_chat_template([{"role": "user", "content": "x"}])
     with pytest.raises(ValueError, match="chat_template"):
         Llama(tiny_model, vocab_only=True, chat_template="")
+
+
+def test_a_generated_tool_call_comes_back_parsed_whole_and_streamed(qwen_model):
+    """The reply is prefilled with the template's call tag (a trailing assistant message is
+    continued, as in the server), so the 0.5B model writes a call in Qwen's format."""
+    msgs = [{"role": "user", "content": "What's the weather in Paris? Use the get_weather tool."},
+            {"role": "assistant", "content": "<tool_call>\n"}]
+    with Llama(qwen_model, n_ctx=1024, n_threads=2) as llm:
+        out = llm.create_chat_completion(msgs, tools=WEATHER, max_tokens=48, temperature=0)
+        chunks = list(llm.create_chat_completion(msgs, tools=WEATHER, max_tokens=48, temperature=0, stream=True))
+    choice = out["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    (call,) = choice["message"]["tool_calls"]
+    assert call["type"] == "function" and call["id"].startswith("call_")
+    assert call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "Paris"}
+    deltas = [d for c in chunks for d in c["choices"][0]["delta"].get("tool_calls", [])]
+    assert deltas[0]["function"]["name"] == "get_weather" and deltas[0]["id"]
+    assert "".join(d["function"]["arguments"] for d in deltas) == call["function"]["arguments"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
