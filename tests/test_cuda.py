@@ -88,7 +88,7 @@ def test_cuda_decodes_the_cpu_bytes(t):
     assert np.max(np.abs(got - want)) <= 1e-6 * np.max(np.abs(want))
 
 
-def flash_attn(device, q, k, v, k_type, v_type, mask=None, softcap=0.0):
+def flash_attn(device, q, k, v, k_type, v_type, mask=None, softcap=0.0, sinks=None):
     n_head, n_q, d = q.shape
     n_head_kv, n_kv, _ = k.shape
     kb, vb = encode(k, k_type), encode(v, v_type)
@@ -98,7 +98,10 @@ def flash_attn(device, q, k, v, k_type, v_type, mask=None, softcap=0.0):
         K = b.tensor(k_type, (d, n_kv, n_head_kv), kb)
         V = b.tensor(v_type, (d, n_kv, n_head_kv), vb)
         M = b.tensor("f16", (n_kv, n_q), mask.astype(np.float16)) if mask is not None else ffi.NULL
-        return lib.ggml_flash_attn_ext(b.ctx, Q, K, V, M, 1.0 / np.sqrt(d), 0.0, softcap)
+        node = lib.ggml_flash_attn_ext(b.ctx, Q, K, V, M, 1.0 / np.sqrt(d), 0.0, softcap)
+        if sinks is not None:
+            lib.ggml_flash_attn_ext_add_sinks(node, b.tensor("f32", (n_head,), np.asarray(sinks, np.float32)))
+        return node
 
     out = np.frombuffer(run(device, build), np.float32).reshape(n_q, n_head, d)
     return out, decode(kb, k_type, k.shape), decode(vb, v_type, v.shape)
@@ -138,6 +141,37 @@ def test_decode_with_logit_softcap(k_type):
     got, kd, vd = flash_attn(CUDA, q, k, v, k_type, "f16", softcap=30.0)
     cpu, _, _ = flash_attn("CPU", q, k, v, k_type, "f16", softcap=30.0)
     assert nmse(got, cpu) < 1e-6
+
+
+@pytest.mark.parametrize("k_type, v_type", [("iso3", "iso3"), ("planar4", "f16"), ("planar3", "planar3")])
+@pytest.mark.parametrize("n_kv, d, n_head, n_head_kv", [(20000, 128, 32, 8), (20000, 64, 8, 8)])
+def test_long_decode_agrees_with_the_cpu(k_type, v_type, n_kv, d, n_head, n_head_kv):
+    """Enough keys that each block walks several tiles, copying the next while it computes
+    one (head size 64: 26-byte rows, copied in 16-bit words instead)."""
+    rng = np.random.default_rng(n_kv + d)
+    q = rng.standard_normal((n_head, 1, d)).astype(np.float32)
+    k = rng.standard_normal((n_head_kv, n_kv, d)).astype(np.float32)
+    v = rng.standard_normal((n_head_kv, n_kv, d)).astype(np.float32)
+    mask = np.zeros((1, n_kv), np.float32)
+    mask[:, rng.choice(n_kv, n_kv // 7, replace=False)] = -np.inf
+    got, _, _ = flash_attn(CUDA, q, k, v, k_type, v_type, mask)
+    cpu, _, _ = flash_attn("CPU", q, k, v, k_type, v_type, mask)
+    assert nmse(got, cpu) < 1e-5
+
+
+@pytest.mark.parametrize("n_kv", [100, 5000])  # one slice (the kernel writes the output) / many (merged)
+@pytest.mark.parametrize("v_type", ["iso3", "f16"])
+def test_decode_with_attention_sinks(n_kv, v_type):
+    rng = np.random.default_rng(n_kv)
+    q = rng.standard_normal((16, 1, 128)).astype(np.float32) * 2
+    k = rng.standard_normal((4, n_kv, 128)).astype(np.float32)
+    v = rng.standard_normal((4, n_kv, 128)).astype(np.float32)
+    sinks = rng.uniform(-2.0, 6.0, 16).astype(np.float32)
+    got, _, _ = flash_attn(CUDA, q, k, v, "iso3", v_type, sinks=sinks)
+    cpu, _, _ = flash_attn("CPU", q, k, v, "iso3", v_type, sinks=sinks)
+    plain, _, _ = flash_attn("CPU", q, k, v, "iso3", v_type)
+    assert nmse(got, cpu) < 1e-5
+    assert nmse(plain, cpu) > 1e-3  # the sinks took a visible share of the probability
 
 
 def next_token_logits(llm, tokens, n_prompt):

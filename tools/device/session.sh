@@ -3,7 +3,9 @@
 # fresh one needs the full build).  Carry: .carry .whl .m1 on the first call, .m2 on the
 # second (SmolLM2 split in two: tools/device/README.md).
 #   bash tools/device/session.sh build     # models in the background, build, CUDA suite
-#   bash tools/device/session.sh measure   # real-model test, speed tables (both kernels)
+#   bash tools/device/session.sh measure   # real-model test, speed tables
+#   bash tools/device/session.sh profile   # ncu: kernel times per decode token (f16 vs iso3),
+#                                          # the decode kernel's counters at depth 65536
 # Everything it prints is also under $OUT.
 set -uo pipefail
 export PIP_NO_INDEX=1 RQ_CACHE_DIR=/root/rqcache
@@ -39,6 +41,23 @@ measure)
         --label "Qwen3.5 hybrid shape (head_dim 256, 2 KV heads), Q4_K_M" 2>&1 | tail -12
     cp docs/BENCHMARKS.md "$out/"
     ;;
+profile)
+    export PYTHONPATH=/tmp/site
+    (cd /tmp && python3 -c "import rotorquant" 2>/dev/null) ||
+        { echo "rotorquant is not installed here: the machine was released; run 'build' again" >&2; exit 3; }
+    bench=$(cd /tmp && python3 -c "from rotorquant._native import BIN_DIR; print(BIN_DIR)")/llama-bench
+    m=/root/models/l8b-q4km.gguf
+    for t in f16 iso3; do
+        timeout 150 ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv \
+            "$bench" -m $m -ngl 99 -fa 1 -ctk $t -ctv $t -p 0 -n 4 -r 1 > "$out/$t.csv" 2> "$out/ncu_$t.err"
+    done
+    python3 tools/device/ncu_kernel_times.py "$out/f16.csv" "$out/iso3.csv" --tokens 5 | tee "$out/kernel_times.md" | head -30
+    timeout 250 ncu --clock-control none --kernel-name regex:rq_fattn_decode --launch-skip 40 --launch-count 1 \
+        --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+        --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SchedulerStats \
+        "$bench" -m $m -ngl 99 -fa 1 -ctk iso3 -ctv iso3 -p 0 -n 2 -d 65536 -r 1 > "$out/ncu_decode_64k.txt" 2>&1
+    grep -vE "^==PROF==|^\s*$" "$out/ncu_decode_64k.txt" | tail -120
+    ;;
 *)
-    echo "usage: $0 build|measure" >&2; exit 2 ;;
+    echo "usage: $0 build|measure|profile" >&2; exit 2 ;;
 esac

@@ -1,0 +1,93 @@
+// The decode kernel's interface between its host side (rq-cuda-fattn.cu) and its
+// instances (fattn-instances/, one translation unit per head size and K width, so that
+// the build compiles them in parallel, as upstream does with its FA template instances).
+#pragma once
+
+#include "rq-cuda-codec.cuh"
+
+#include <cstdint>
+
+namespace rq_fa {
+
+constexpr int RQ_FA_THREADS = 128;  // threads per block = K rows per tile
+constexpr int RQ_FA_STAGES  = 2;    // tiles in shared memory: one in use, one in flight
+
+enum rq_v_kind { RQ_V_RQ3 = 0, RQ_V_RQ4 = 1, RQ_V_F16 = 2, RQ_V_Q8_0 = 3 };
+
+struct rq_fattn_params {
+    const char * Q;
+    const char * K;
+    const char * V;
+    const half * mask;      // row of query 0 of sequence 0; nullptr if none
+    const float * sinks;    // [n_head] attention sinks; nullptr if none
+    float * dst;            // [seq][head][D] output, written by the kernel itself when n_splits == 1
+    float * part;           // [seq][head][split][D] partial outputs (rotated basis for rotor V)
+    float2 * meta;          // [seq][head][split] (running max, sum of exp)
+    float scale, max_bias, m0, m1, softcap;
+    uint32_t n_head_log2;
+    int n_kv, n_head, n_head_kv, gqa, n_splits, split_len;
+    int64_t nb02, nb03, nb11, nb12, nb13, nb21, nb22, nb23, mask_nb3;
+    int mask_ne3;
+    int v_rot;              // 0: V is not rotated, 1: planar, 2: iso
+    bool k_iso;
+    bool k_async, v_async;  // rows may be copied in 32-bit words (every address 4-byte aligned)
+};
+
+__host__ __device__ constexpr int v_bits(const int vk) { return vk == RQ_V_RQ3 ? 3 : 4; }
+__host__ __device__ constexpr bool v_staged(const int vk) { return vk == RQ_V_RQ3 || vk == RQ_V_RQ4; }
+__host__ __device__ constexpr int rotor_row_bytes(const int D, const int bits) {
+    return (D/RQ_QK)*(bits == 3 ? (int) sizeof(block_rq3) : (int) sizeof(block_rq4));
+}
+
+// Bytes between rows staged in shared memory: the row rounded up to whole 32-bit words,
+// plus one word where that count is even, so that thread t reading word w of row t hits
+// bank (pitch/4 * t + w) mod 32: an odd word stride is conflict-free.
+__host__ __device__ constexpr int row_pitch(const int row_bytes) {
+    return (row_bytes + 3)/4 % 2 == 0 ? (row_bytes + 3)/4*4 + 4 : (row_bytes + 3)/4*4;
+}
+
+// Dynamic shared memory of one block: f32 queries, probabilities and bookkeeping, then
+// RQ_FA_STAGES tiles of K rows (and of V rows where V is a rotor type).
+__host__ __device__ constexpr int decode_smem_floats(const int D, const int gp) {
+    return gp*D + RQ_FA_THREADS*gp + 4*gp + 2*gp + 32;
+}
+__host__ __device__ constexpr int decode_stage_bytes(const int D, const int kbits, const int vk) {
+    return RQ_FA_THREADS*(row_pitch(rotor_row_bytes(D, kbits)) + (v_staged(vk) ? row_pitch(rotor_row_bytes(D, v_bits(vk))) : 0));
+}
+__host__ __device__ constexpr int decode_smem_bytes(const int D, const int kbits, const int vk, const int gp) {
+    return 4*decode_smem_floats(D, gp) + RQ_FA_STAGES*decode_stage_bytes(D, kbits, vk);
+}
+
+// Divide, un-rotate (rotor V) and store one output quartet m of a row: the last step of
+// both the single-slice kernel and the combine kernel.
+static __device__ __forceinline__ void finish_quartet(const float num[4], const float den, const int v_rot,
+                                                      const int m, float * dst) {
+    float y[4];
+    if (v_rot != 0) {
+        rq_unrotate_quartet(v_rot == 2, m % (RQ_QK/4), num, 1.0f/den, y);
+    } else {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            y[e] = num[e]/den;
+        }
+    }
+    *(float4 *) (dst + 4*m) = make_float4(y[0], y[1], y[2], y[3]);
+}
+
+// Launch the decode kernel of head size D and K width KBITS (3 or 4) for V kind vk and
+// padded query-head group gp (4, 8 or 16).
+template <int D, int KBITS>
+void launch_decode(const rq_fattn_params & p, int vk, int gp, dim3 grid, cudaStream_t stream);
+
+// Blocks of that kernel one multiprocessor of the current device runs at once.
+template <int D, int KBITS>
+int decode_blocks_per_sm(int vk, int gp);
+
+#define RQ_FA_FOR_EACH_INSTANCE(X) X(64, 3) X(64, 4) X(128, 3) X(128, 4) X(256, 3) X(256, 4)
+#define RQ_FA_EXTERN(D, KBITS)                                                                          \
+    extern template void launch_decode<D, KBITS>(const rq_fattn_params &, int, int, dim3, cudaStream_t); \
+    extern template int decode_blocks_per_sm<D, KBITS>(int, int);
+RQ_FA_FOR_EACH_INSTANCE(RQ_FA_EXTERN)
+#undef RQ_FA_EXTERN
+
+} // namespace rq_fa
