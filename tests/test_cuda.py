@@ -166,7 +166,7 @@ def test_decode_with_attention_sinks(n_kv, v_type):
     q = rng.standard_normal((16, 1, 128)).astype(np.float32) * 2
     k = rng.standard_normal((4, n_kv, 128)).astype(np.float32)
     v = rng.standard_normal((4, n_kv, 128)).astype(np.float32)
-    sinks = rng.uniform(-2.0, 6.0, 16).astype(np.float32)
+    sinks = (np.log(n_kv) + rng.uniform(-1.0, 3.0, 16)).astype(np.float32)  # a share like the keys' own
     got, _, _ = flash_attn(CUDA, q, k, v, "iso3", v_type, sinks=sinks)
     cpu, _, _ = flash_attn("CPU", q, k, v, "iso3", v_type, sinks=sinks)
     plain, _, _ = flash_attn("CPU", q, k, v, "iso3", v_type)
@@ -194,22 +194,41 @@ def kl(p_logits, q_logits):
     return float(np.mean(np.sum(p * (lp - lq), axis=1)))
 
 
-@pytest.mark.parametrize("k_type, v_type", [("iso3", "iso3"), ("planar4", "q8_0"), ("iso4", "planar3")])
-def test_a_real_model_decodes_the_same_on_cuda_and_cpu(smollm2_model, k_type, v_type):
-    """SmolLM2-135M (head_dim 64, 3 query heads per KV head): prompt on upstream's kernels,
-    then 48 decode steps on ours; the next-token distributions match the CPU's."""
+def gpu_and_cpu_logits(model, k_type, v_type):
+    """Next-token logits of 48 decode steps after a 160-token prompt, on the GPU and the CPU."""
     from importlib.resources import files
 
     from rotorquant import Llama
 
     text = files("rotorquant.kvpolicy").joinpath("data/calibration.txt").read_text()
     kw = dict(n_ctx=512, cache_type_k=k_type, cache_type_v=v_type, flash_attn="on", kv_policy=None)
-    with Llama(smollm2_model, n_gpu_layers=-1, **kw) as gpu, Llama(smollm2_model, n_gpu_layers=0, **kw) as cpu:
+    with Llama(model, n_gpu_layers=-1, **kw) as gpu, Llama(model, n_gpu_layers=0, **kw) as cpu:
         tokens = gpu.tokenize(text)[:208]
-        on_gpu = next_token_logits(gpu, tokens, 160)
-        on_cpu = next_token_logits(cpu, tokens, 160)
-        assert np.mean(on_gpu.argmax(1) == on_cpu.argmax(1)) >= 0.95
-        assert kl(on_cpu, on_gpu) < 2e-3
+        return next_token_logits(gpu, tokens, 160), next_token_logits(cpu, tokens, 160)
+
+
+@pytest.fixture(scope="module")
+def f16_backend_gap(smollm2_model):
+    """How far the two backends drift apart with an f16 cache (their matmuls differ: q8_1
+    activations on CUDA, q8_0 on the CPU): the yardstick for the rotor caches."""
+    on_gpu, on_cpu = gpu_and_cpu_logits(smollm2_model, "f16", "f16")
+    return np.mean(on_gpu.argmax(1) == on_cpu.argmax(1)), kl(on_cpu, on_gpu)
+
+
+@pytest.mark.parametrize("k_type, v_type", [("iso3", "iso3"), ("planar4", "q8_0"), ("iso4", "planar3")])
+def test_a_real_model_decodes_the_same_on_cuda_and_cpu(smollm2_model, f16_backend_gap, k_type, v_type):
+    """SmolLM2-135M (head_dim 64, 3 query heads per KV head): prompt on upstream's kernels,
+    then 48 decode steps on ours; GPU and CPU agree as closely as they do with an f16 cache."""
+    from rotorquant import Llama
+
+    on_gpu, on_cpu = gpu_and_cpu_logits(smollm2_model, k_type, v_type)
+    agree, div = np.mean(on_gpu.argmax(1) == on_cpu.argmax(1)), kl(on_cpu, on_gpu)
+    f16_agree, f16_div = f16_backend_gap
+    gap = f"{k_type}/{v_type}: argmax agreement {agree:.3f}, KL {div:.2e}; f16/f16: {f16_agree:.3f}, {f16_div:.2e}"
+    assert agree >= min(0.95, f16_agree - 0.05), gap
+    assert div <= 2 * f16_div + 1e-3, gap
+    with Llama(smollm2_model, n_gpu_layers=-1, n_ctx=256, cache_type_k=k_type, cache_type_v=v_type,
+               flash_attn="on", kv_policy=None) as gpu:
         assert gpu.generate("The capital of France is", max_tokens=8, temperature=0).strip()
 
 

@@ -17,18 +17,20 @@ static __global__ void rq_k_set_rows(const char * __restrict__ src0, const char 
                                      const int64_t nb1, const int64_t nb2, const int64_t nb3) {
     __shared__ uint8_t sidx[RQ_Q_WARPS][RQ_QK];
     const int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE;
-    const int64_t ib = (int64_t) RQ_Q_WARPS*blockIdx.x + warp;
+    const int ib = RQ_Q_WARPS*blockIdx.x + warp;
     if (ib >= n_blocks) {
         return;  // the whole warp: ib is the same on its lanes
     }
-    const int64_t bpr = ne00 / RQ_QK;  // blocks per row
-    const int64_t i00 = (ib % bpr) * RQ_QK;
-    int64_t r = ib / bpr;
-    const int64_t i01 = r % ne01; r /= ne01;
-    const int64_t i02 = r % ne02;
-    const int64_t i03 = r / ne02;
+    // 32-bit index arithmetic (the launcher checks n_blocks < 2^31): a 64-bit division is
+    // a long software sequence on the GPU, and one decode step runs this kernel per layer
+    const int bpr = (int) (ne00 / RQ_QK);  // blocks per row
+    const int64_t i00 = (int64_t) (ib % bpr) * RQ_QK;
+    int r = ib / bpr;
+    const int64_t i01 = r % (int) ne01; r /= (int) ne01;
+    const int64_t i02 = r % (int) ne02;
+    const int64_t i03 = r / (int) ne02;
 
-    const char * idx_p = src1 + i01*nb10 + (i02 % ne11)*nb11 + (i03 % ne12)*nb12;
+    const char * idx_p = src1 + i01*nb10 + (int64_t) ((int) i02 % (int) ne11)*nb11 + (int64_t) ((int) i03 % (int) ne12)*nb12;
     const int64_t dst_row = idx64 ? *(const int64_t *) idx_p : (int64_t) *(const int32_t *) idx_p;
 
     const float * x = (const float *) (src0 + i01*nb01 + i02*nb02 + i03*nb03) + i00;
@@ -42,6 +44,7 @@ static void rq_set_rows_launch(const ggml_tensor * src0, const ggml_tensor * src
     if (n_blocks == 0) {
         return;
     }
+    GGML_ASSERT(n_blocks < INT32_MAX - RQ_Q_WARPS);
     const int64_t grid = (n_blocks + RQ_Q_WARPS - 1) / RQ_Q_WARPS;
     rq_k_set_rows<bits, iso><<<grid, RQ_Q_WARPS*WARP_SIZE, 0, stream>>>(
         (const char *) src0->data, (const char *) src1->data, (char *) dst->data,

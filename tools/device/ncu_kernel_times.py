@@ -25,7 +25,8 @@ def kernel_times(path: Path) -> dict[str, list[float]]:
     for row in csv.DictReader(lines):
         if row.get("Metric Name") != "gpu__time_duration.sum":
             continue
-        name = re.sub(r"<.*", "", row["Kernel Name"]).split("(")[0].strip()
+        name = row["Kernel Name"].replace("(anonymous namespace)::", "")
+        name = re.sub(r"<.*", "", name).split("(")[0].removeprefix("void ").strip()
         value = float(row["Metric Value"].replace(",", ""))
         unit = row.get("Metric Unit", "nsecond")
         times[name].append(value / 1000.0 if unit.startswith("n") else value * (1000.0 if unit.startswith("m") else 1.0))
