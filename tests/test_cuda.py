@@ -208,25 +208,25 @@ def gpu_and_cpu_logits(model, k_type, v_type):
 
 
 @pytest.fixture(scope="module")
-def f16_backend_gap(smollm2_model):
-    """How far the two backends drift apart with an f16 cache (their matmuls differ: q8_1
-    activations on CUDA, q8_0 on the CPU): the yardstick for the rotor caches."""
-    on_gpu, on_cpu = gpu_and_cpu_logits(smollm2_model, "f16", "f16")
-    return np.mean(on_gpu.argmax(1) == on_cpu.argmax(1)), kl(on_cpu, on_gpu)
+def f16_logits(smollm2_model):
+    return gpu_and_cpu_logits(smollm2_model, "f16", "f16")
 
 
 @pytest.mark.parametrize("k_type, v_type", [("iso3", "iso3"), ("planar4", "q8_0"), ("iso4", "planar3")])
-def test_a_real_model_decodes_the_same_on_cuda_and_cpu(smollm2_model, f16_backend_gap, k_type, v_type):
+def test_a_real_model_loses_as_little_to_the_rotor_cache_on_cuda_as_on_the_cpu(smollm2_model, f16_logits, k_type, v_type):
     """SmolLM2-135M (head_dim 64, 3 query heads per KV head): prompt on upstream's kernels,
-    then 48 decode steps on ours; GPU and CPU agree as closely as they do with an f16 cache."""
+    then 48 decode steps on ours.  What the cache costs (KL from the same backend's f16-cache
+    distributions) is about the same on both backends.  GPU and CPU logits are not compared
+    directly: their matmuls differ slightly (q8_1 vs q8_0 activations) and a 3-4 bit cache
+    amplifies that (H200, 2026-12-02: f16/f16 GPU-vs-CPU KL 0.011, q4_0/q4_0 0.038), while the
+    cost of the cache, GPU / CPU, was iso3 0.178 / 0.156, planar4+q8_0 0.067 / 0.055,
+    iso4+planar3 0.090 / 0.065, and upstream's q4_0 0.061 / 0.037."""
     from rotorquant import Llama
 
+    gpu16, cpu16 = f16_logits
     on_gpu, on_cpu = gpu_and_cpu_logits(smollm2_model, k_type, v_type)
-    agree, div = np.mean(on_gpu.argmax(1) == on_cpu.argmax(1)), kl(on_cpu, on_gpu)
-    f16_agree, f16_div = f16_backend_gap
-    gap = f"{k_type}/{v_type}: argmax agreement {agree:.3f}, KL {div:.2e}; f16/f16: {f16_agree:.3f}, {f16_div:.2e}"
-    assert agree >= min(0.95, f16_agree - 0.05), gap
-    assert div <= 2 * f16_div + 1e-3, gap
+    gpu_cost, cpu_cost = kl(gpu16, on_gpu), kl(cpu16, on_cpu)
+    assert gpu_cost <= 1.5 * cpu_cost + 0.01, f"{k_type}/{v_type}: KL to f16 {gpu_cost:.3e} on CUDA, {cpu_cost:.3e} on the CPU"
     with Llama(smollm2_model, n_gpu_layers=-1, n_ctx=256, cache_type_k=k_type, cache_type_v=v_type,
                flash_attn="on", kv_policy=None) as gpu:
         assert gpu.generate("The capital of France is", max_tokens=8, temperature=0).strip()

@@ -17,8 +17,8 @@ rqtest=(python3 -X faulthandler -c "import rotorquant._native, sys, pytest; sys.
 crash_report() {  # where `import numpy; import rotorquant` dies
     (cd /tmp && python3 -c "import numpy; import rotorquant._native" > /dev/null 2>&1); echo "numpy first: rc $?"
     (cd /tmp && LD_DEBUG=libs python3 -c "import numpy; import rotorquant._native" 2>&1 | grep -E "calling init|error" | tail -8)
-    (cd /tmp && timeout 120 cuda-gdb -batch -ex run -ex bt -ex "info sharedlibrary" \
-        --args python3 -c "import numpy; import rotorquant._native" 2>&1 | grep -vE "^\[New Thread|^\[Thread" | tail -60)
+    (cd /tmp && timeout 120 cuda-gdb -batch -ex run -ex "bt 25" \
+        --args python3 -c "import numpy; import rotorquant._native" 2>&1 | grep -vE "^\[New Thread|^\[Thread" | tail -40)
 }
 case "${1:-}" in
 build)
