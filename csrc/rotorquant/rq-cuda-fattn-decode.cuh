@@ -6,6 +6,10 @@
 // serves *all* query heads of that KV head (GQA): each K and V block is decoded once per
 // step, not once per query head.  And nothing is un-rotated per key:
 //   K: the query is rotated once (R q); a key scores s_b * <levels[k], (R q)_b> per block.
+//      For 3-bit keys that dot product is integer work: R q as 16-bit integers (one scale
+//      per block of 64), the levels as 8-bit integers picked by a byte permute straight
+//      from the packed codes, four products per dp4a.  The decode kernel is bound by issue
+//      slots, not memory, and a table lookup per code plus f32 multiply-adds was most of them.
 //   V: p * s_b * levels[k] is accumulated in the rotated basis; R^T is applied once to the
 //      output row (the rotation is linear and the same for every token).
 // Scores, probabilities and accumulators are f32; the online softmax is the usual one.
@@ -81,29 +85,26 @@ __device__ __forceinline__ void stage_rows(char * dst, const char * src, const i
 }
 
 // ---- codes -------------------------------------------------------------------------------
-
-// Position p (in the order a thread reads codes) of element j of a block.
-//   3-bit: u16 word i of qs holds elements 16 f + 2 i + c2 (f = 0..3, c2 = 0, 1) -> p = 8 i + 2 f + c2
-//   4-bit: u16 words 2 i, 2 i + 1 hold elements 4 i + e (low nibbles) and 32 + 4 i + e -> p = 8 i + e (+4)
+//
+// A thread reads a block's codes 8 at a time ("slot" i = 0..7 of the block); element e of
+// slot i is block element rq_slot_elem<bits>(i, e):
+//   3-bit: u16 word i of qs and u16 word (i & 3) of signs (shifted right by i >> 2) hold
+//          elements 16 f + 2 i + c2 (f = 0..3, c2 = 0, 1); the order is the one in which
+//          rq3_selectors yields them: f = 0, 2 (c2 = 0), 0, 2 (c2 = 1), then f = 1, 3 likewise
+//   4-bit: u16 words 2 i, 2 i + 1 of qs hold elements 4 i + e (low nibbles) and 32 + 4 i + e
 template <int bits>
-__device__ __forceinline__ int rq_code_pos(const int j) {
+__device__ __forceinline__ int rq_slot_elem(const int i, const int e) {
     if constexpr (bits == 3) {
-        const int f = j / 16, c = j % 16;
-        return 8*(c / 2) + 2*f + (c % 2);
+        const int f = ((e >> 2) & 1) | ((e & 1) << 1), c2 = (e >> 1) & 1;
+        return 16*f + 2*i + c2;
     } else {
-        return j < 32 ? 8*(j / 4) + j % 4 : 8*((j - 32) / 4) + 4 + (j - 32) % 4;
+        return e < 4 ? 4*i + e : 32 + 4*i + (e - 4);
     }
 }
 
-template <int bits>
-__device__ __forceinline__ int rq_code_elem(const int p) {
-    if constexpr (bits == 3) {
-        const int i = p / 8, f = (p % 8) / 2, c2 = p % 2;
-        return 16*f + 2*i + c2;
-    } else {
-        const int i = p / 8, e = p % 8;
-        return e < 4 ? 4*i + e : 32 + 4*i + (e - 4);
-    }
+// Position (slot-major, 8 per slot) at which the 4-bit key loop reads element j of a block.
+__device__ __forceinline__ int rq4_code_pos(const int j) {
+    return j < 32 ? 8*(j / 4) + j % 4 : 8*((j - 32) / 4) + 4 + (j - 32) % 4;
 }
 
 __device__ __forceinline__ uint32_t ld_u16(const char * p) {
@@ -115,30 +116,62 @@ __device__ __forceinline__ float half_bits_to_float(const uint32_t b) {
     return __half2float(*(const half *) &h);
 }
 
-
-// The 16-bit word at byte o of a row whose 32-bit words from w0 on are in rw (o even).
+// The 16-bit word at byte o of a row whose 32-bit words from w0 on are in rw (o even), in
+// the low half of the result; the high half is the next word's (callers that mask the
+// bits they use take the raw form, one shift cheaper).
+__device__ __forceinline__ uint32_t u16_raw_at(const uint32_t * rw, const int w0, const int o) {
+    return rw[o/4 - w0] >> (8*(o % 4));
+}
 __device__ __forceinline__ uint32_t u16_at(const uint32_t * rw, const int w0, const int o) {
-    return (rw[o/4 - w0] >> (8*(o % 4))) & 0xFFFFu;
+    return u16_raw_at(rw, w0, o) & 0xFFFFu;
 }
 
-// Levels of the 8 codes of a slot (order p = 8 i .. 8 i + 7).
-//   3-bit: q = u16 word i of qs, s = u16 word (i & 3) of signs shifted right by i >> 2
-//   4-bit: q = u16 words 2 i and 2 i + 1 of qs
-template <int bits>
-__device__ __forceinline__ void slot_levels(const uint32_t q, const uint32_t s, const float * lut, float w[8]) {
-    if constexpr (bits == 3) {
+// 3-bit codes -> levels without a table lookup.  The 8 levels, as 8-bit integers
+// (round(level * RQ3_I8_SCALE) = -88 -55 -31 -10 10 31 55 88, each within 0.3 % of the
+// level; this scale minimises that error), fit in the 8 bytes that one byte permute (PRMT)
+// selects from, so a 16-bit selector of four 3-bit codes gives four levels at once.
+constexpr float RQ3_I8_SCALE = 327.36f;
+
+// Levels as bytes (bias 0: signed, for dp4a; bias 128: unsigned, for the float trick of
+// rq3_bytes_to_float), bytes 0-3 in lv[0], 4-7 in lv[1].
+__device__ __forceinline__ void rq3_level_bytes(const int bias, uint32_t lv[2]) {
+    lv[0] = lv[1] = 0;
 #pragma unroll
-        for (int f = 0; f < 4; ++f) {
-            const uint32_t k = ((q >> (2*f)) & 0x0303u) | (((s >> (2*f)) & 0x0101u) << 2);
-            w[2*f]     = lut[k & 0xFF];
-            w[2*f + 1] = lut[k >> 8];
-        }
-    } else {
+    for (int k = 0; k < 8; ++k) {
+        const uint32_t b = (uint32_t) (__float2int_rn(rq_levels3[k]*RQ3_I8_SCALE) + bias) & 0xFFu;
+        lv[k / 4] |= b << (8*(k % 4));
+    }
+}
+
+// Selectors of slot i's codes, from q = u16 word i of qs and s = the sign word shifted
+// right by i >> 2 (both raw: bits above 15 are ignored).  The code of element 16 f + 2 i + c2
+// has its low bits at q bit 2 f + 8 c2 and its sign at s bit 2 f + 8 c2: masking q with
+// 0x3333 leaves the codes of f = 0, 2 in place as nibbles, and their signs only need a
+// shift by 2 into each nibble's bit 2; f = 1, 3 are the same one shift lower.
+__device__ __forceinline__ void rq3_selectors(const uint32_t q, const uint32_t s, uint32_t & sel_a, uint32_t & sel_b) {
+    const uint32_t sm = s & 0x5555u;  // the signs of this slot's codes (even bits)
+    sel_a = (q & 0x3333u) | ((sm << 2) & ~0x3333u);
+    sel_b = ((q >> 2) & 0x3333u) | (sm & ~0x3333u);
+}
+
+// Byte n of v (a level + 128) as a float: 0x4B0000xx is 2^23 + xx exactly.
+__device__ __forceinline__ float rq3_byte_to_float(const uint32_t v, const int n) {
+    return __uint_as_float(__byte_perm(v, 0x4B000000u, 0x7440u + n)) - 8388736.0f;
+}
+
+// d = a . b + c over 4 bytes, a signed, b unsigned (the low bytes of the 16-bit queries).
+__device__ __forceinline__ int dp4a_su(const int a, const uint32_t b, const int c) {
+    int d;
+    asm("dp4a.s32.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// Levels of the 8 codes of a 4-bit slot (order rq_slot_elem<4>): q = u16 words 2 i, 2 i + 1 of qs.
+__device__ __forceinline__ void rq4_slot_levels(const uint32_t q, const float * lut, float w[8]) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            w[e]     = lut[(q >> (8*e))     & 15];
-            w[e + 4] = lut[(q >> (8*e + 4)) & 15];
-        }
+    for (int e = 0; e < 4; ++e) {
+        w[e]     = lut[(q >> (8*e))     & 15];
+        w[e + 4] = lut[(q >> (8*e + 4)) & 15];
     }
 }
 
@@ -176,14 +209,22 @@ __device__ __forceinline__ rq_v_raw rq_v_load(const char * vrow, const int slot)
 }
 
 // The 8 values of a slot (rotated basis for rotor V) and their common scale.
+// lut: the 4-bit levels; lv3: the 3-bit levels as bytes + 128 (rq3_level_bytes).
 template <int VK>
-__device__ __forceinline__ float rq_v_values(const rq_v_raw & r, const int slot, const float * lut, float w[8]) {
+__device__ __forceinline__ float rq_v_values(const rq_v_raw & r, const int slot, const float * lut, const uint32_t lv3[2], float w[8]) {
     if constexpr (VK == RQ_V_RQ3) {
         const int i = slot % 8;
-        slot_levels<3>(r.a, r.b >> (i >> 2), lut, w);
-        return half_bits_to_float(r.c);
+        uint32_t sel_a, sel_b;
+        rq3_selectors(r.a, r.b >> (i >> 2), sel_a, sel_b);
+        const uint32_t va = __byte_perm(lv3[0], lv3[1], sel_a), vb = __byte_perm(lv3[0], lv3[1], sel_b);
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+            w[n]     = rq3_byte_to_float(va, n);
+            w[n + 4] = rq3_byte_to_float(vb, n);
+        }
+        return half_bits_to_float(r.c) * (1.0f/RQ3_I8_SCALE);
     } else if constexpr (VK == RQ_V_RQ4) {
-        slot_levels<4>(r.a, 0, lut, w);
+        rq4_slot_levels(r.a, lut, w);
         return half_bits_to_float(r.c);
     } else if constexpr (VK == RQ_V_F16) {
         const uint32_t words[4] = {r.a, r.b, r.c, r.d};
@@ -223,17 +264,20 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
     constexpr int RG    = T / TPR;             // rows processed at once in the V phase
     static_assert(T % TPR == 0, "V phase mapping");
     constexpr int VBITS = VK == RQ_V_RQ3 ? 3 : 4;
+    constexpr bool KDP  = k_dp4a(KBITS);       // integer scoring (3-bit keys)
 
     extern __shared__ float smem[];
-    float * sQ     = smem;              // [GP][D] rotated, scaled queries in code order; later the output
-    float * sP     = sQ + GP*D;         // [T][GP] probabilities of the tile
+    float * sQ     = smem;              // [GP][D] rotated, scaled queries (4-bit keys: in code order); later the output
+    uint32_t * sQi = (uint32_t *) (sQ + GP*D);  // 3-bit keys: [GP][NB][8 slots][hi a, hi b, lo a, lo b]
+    float * sQmax  = (float *) (sQi + (KDP ? GP*D/2 : 0));  // 3-bit keys: [GP][NB] max |query| of a block
+    float * sP     = sQmax + (KDP ? GP*NB : 0);  // [T][GP] probabilities of the tile
     float * sRed   = sP + T*GP;         // [4][GP] per-warp partial max / sum
     float * sAlpha = sRed + 4*GP;       // [GP] rescale factor of this tile
     float * sSlope = sAlpha + GP;       // [GP] ALiBi slopes
     float * sLK    = sSlope + GP;       // [16] K levels
     float * sLV    = sLK + 16;          // [16] V levels
     char  * sTiles = (char *) (sLV + 16); // [RQ_FA_STAGES][T rows of K, then T rows of V if staged]
-    static_assert(4*decode_smem_floats(D, GP) % 16 == 0, "tiles must start 16-byte aligned");
+    static_assert(4*decode_smem_floats(D, KBITS, GP) % 16 == 0, "tiles must start 16-byte aligned");
 
     const int tid = threadIdx.x, lane = tid % WARP_SIZE, warp = tid / WARP_SIZE;
     const int split = blockIdx.x;
@@ -262,13 +306,17 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
     }
 
     if (tid < 16) {
-        sLK[tid] = KBITS == 3 ? (tid < 8 ? rq_levels3[tid] : 0.0f) : rq_levels4[tid];
-        sLV[tid] = VK == RQ_V_RQ3 ? (tid < 8 ? rq_levels3[tid] : 0.0f) : VK == RQ_V_RQ4 ? rq_levels4[tid] : 0.0f;
+        sLK[tid] = rq_levels4[tid];
+        sLV[tid] = rq_levels4[tid];
     }
+    uint32_t lk3[2], lv3[2];  // 3-bit levels as bytes: signed for dp4a, biased for V
+    rq3_level_bytes(0, lk3);
+    rq3_level_bytes(128, lv3);
     if (tid < GP) {
         sSlope[tid] = tid < p.gqa ? get_alibi_slope(p.max_bias, hq0 + tid, p.n_head_log2, p.m0, p.m1) : 1.0f;
     }
-    // Queries: rotate each quartet, scale, store in code order.  Heads past gqa are zero.
+    // Queries: rotate each quartet, scale, store (4-bit keys: in code order).  Heads past
+    // gqa are zero.
     for (int u = tid; u < GP*(D/4); u += T) {
         const int h = u / (D/4), m = u % (D/4);
         float x[4] = {0.0f, 0.0f, 0.0f, 0.0f}, y[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -283,7 +331,34 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
         const int b = (4*m) / RQ_QK;
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-            sQ[h*D + b*RQ_QK + rq_code_pos<KBITS>((4*m) % RQ_QK + e)] = p.scale*y[e];
+            sQ[h*D + b*RQ_QK + (KDP ? (4*m) % RQ_QK + e : rq4_code_pos((4*m) % RQ_QK + e))] = p.scale*y[e];
+        }
+    }
+    if constexpr (KDP) {
+        // 16-bit integer queries, max |q| of each (head, block) -> 32767, cut into bytes in
+        // the order of rq3_selectors: a 3-bit key scores two dp4a per 4 codes and head
+        // (high bytes, signed; low bytes, unsigned) with no table lookup and no float work
+        __syncthreads();
+        for (int u = tid; u < GP*NB; u += T) {
+            float mx = 0.0f;
+            for (int j = 0; j < RQ_QK; ++j) {
+                mx = fmaxf(mx, fabsf(sQ[u*RQ_QK + j]));
+            }
+            sQmax[u] = mx;
+        }
+        __syncthreads();
+        for (int u = tid; u < GP*NB*16; u += T) {
+            const int hb = u / 16, i = (u / 2) % 8, ab = u % 2;
+            const float inv = sQmax[hb] > 0.0f ? 32767.0f/sQmax[hb] : 0.0f;
+            uint32_t hi = 0, lo = 0;
+#pragma unroll
+            for (int n = 0; n < 4; ++n) {
+                const int v = max(-32767, min(32767, __float2int_rn(sQ[hb*RQ_QK + rq_slot_elem<3>(i, 4*ab + n)]*inv)));
+                hi |= ((uint32_t) (v >> 8) & 0xFFu) << (8*n);
+                lo |= ((uint32_t) v & 0xFFu) << (8*n);
+            }
+            sQi[(hb*8 + i)*4 + ab]     = hi;
+            sQi[(hb*8 + i)*4 + 2 + ab] = lo;
         }
     }
 
@@ -343,31 +418,55 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
                     rw[k] = w0 + k < KP/4 ? ((const uint32_t *) krow)[w0 + k] : 0u;
                 }
                 const int o = b*KBS;
-                float sb[GP];
-#pragma unroll
-                for (int h = 0; h < GP; ++h) {
-                    sb[h] = 0.0f;
-                }
-#pragma unroll
-                for (int j = 0; j < 8; ++j) {
-                    float w[8];
-                    if constexpr (KBITS == 3) {
-                        slot_levels<3>(u16_at(rw, w0, o + 2 + 2*j), u16_at(rw, w0, o + 2 + RQ_QK/4 + 2*(j & 3)) >> (j >> 2), sLK, w);
-                    } else {
-                        slot_levels<4>(u16_at(rw, w0, o + 2 + 4*j) | (u16_at(rw, w0, o + 4 + 4*j) << 16), 0, sLK, w);
-                    }
+                if constexpr (KDP) {
+                    int hi[GP], lo[GP];
 #pragma unroll
                     for (int h = 0; h < GP; ++h) {
-                        const float4 qa = *(const float4 *) &sQ[h*D + b*RQ_QK + 8*j];
-                        const float4 qb = *(const float4 *) &sQ[h*D + b*RQ_QK + 8*j + 4];
-                        sb[h] += w[0]*qa.x + w[1]*qa.y + w[2]*qa.z + w[3]*qa.w
-                               + w[4]*qb.x + w[5]*qb.y + w[6]*qb.z + w[7]*qb.w;
+                        hi[h] = lo[h] = 0;
                     }
-                }
-                const float norm = half_bits_to_float(u16_at(rw, w0, o));
 #pragma unroll
-                for (int h = 0; h < GP; ++h) {
-                    s[h] += norm*sb[h];
+                    for (int j = 0; j < 8; ++j) {
+                        uint32_t sel_a, sel_b;
+                        rq3_selectors(u16_raw_at(rw, w0, o + 2 + 2*j), u16_raw_at(rw, w0, o + 2 + RQ_QK/4 + 2*(j & 3)) >> (j >> 2), sel_a, sel_b);
+                        const int va = (int) __byte_perm(lk3[0], lk3[1], sel_a), vb = (int) __byte_perm(lk3[0], lk3[1], sel_b);
+#pragma unroll
+                        for (int h = 0; h < GP; ++h) {
+                            const uint4 qw = *(const uint4 *) &sQi[((h*NB + b)*8 + j)*4];
+                            hi[h] = __dp4a(va, (int) qw.x, hi[h]);
+                            hi[h] = __dp4a(vb, (int) qw.y, hi[h]);
+                            lo[h] = dp4a_su(va, qw.z, lo[h]);
+                            lo[h] = dp4a_su(vb, qw.w, lo[h]);
+                        }
+                    }
+                    // q ~ qmax/32767 * q16 and level ~ l8/RQ3_I8_SCALE
+                    const float norm = half_bits_to_float(u16_at(rw, w0, o)) * (1.0f/(32767.0f*RQ3_I8_SCALE));
+#pragma unroll
+                    for (int h = 0; h < GP; ++h) {
+                        s[h] += norm*sQmax[h*NB + b]*(float) (hi[h]*256 + lo[h]);
+                    }
+                } else {
+                    float sb[GP];
+#pragma unroll
+                    for (int h = 0; h < GP; ++h) {
+                        sb[h] = 0.0f;
+                    }
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) {
+                        float w[8];
+                        rq4_slot_levels(u16_at(rw, w0, o + 2 + 4*j) | (u16_at(rw, w0, o + 4 + 4*j) << 16), sLK, w);
+#pragma unroll
+                        for (int h = 0; h < GP; ++h) {
+                            const float4 qa = *(const float4 *) &sQ[h*D + b*RQ_QK + 8*j];
+                            const float4 qb = *(const float4 *) &sQ[h*D + b*RQ_QK + 8*j + 4];
+                            sb[h] += w[0]*qa.x + w[1]*qa.y + w[2]*qa.z + w[3]*qa.w
+                                   + w[4]*qb.x + w[5]*qb.y + w[6]*qb.z + w[7]*qb.w;
+                        }
+                    }
+                    const float norm = half_bits_to_float(u16_at(rw, w0, o));
+#pragma unroll
+                    for (int h = 0; h < GP; ++h) {
+                        s[h] += norm*sb[h];
+                    }
                 }
             }
             if (p.softcap != 0.0f) {
@@ -431,7 +530,7 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
         };
         const auto accumulate = [&](const rq_v_raw & raw, const int r) {
             float w[8];
-            const float vs = rq_v_values<VK>(raw, v_slot, sLV, w);
+            const float vs = rq_v_values<VK>(raw, v_slot, sLV, lv3, w);
 #pragma unroll
             for (int h = 0; h < HG; ++h) {
                 const float ph = vs*sP[r*GP + v_hg*HG + h];
@@ -485,7 +584,7 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
         for (int e = 0; e < 8; ++e) {
             int j;
             if constexpr (VK == RQ_V_RQ3 || VK == RQ_V_RQ4) {
-                j = (v_slot / 8)*RQ_QK + rq_code_elem<VBITS>((v_slot % 8)*8 + e);
+                j = (v_slot / 8)*RQ_QK + rq_slot_elem<VBITS>(v_slot % 8, e);
             } else {
                 j = v_slot*8 + e;
             }

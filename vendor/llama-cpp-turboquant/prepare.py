@@ -270,6 +270,7 @@ def pack(tree: Path, out: Path) -> None:
     """Write the materialised tree as a tarball (for machines without network)."""
     if read_stamp(tree) != expected_stamp(load_pin()):
         raise PrepareError(f"{tree} is missing or stale; run prepare.py first")
+    out.parent.mkdir(parents=True, exist_ok=True)
     part = out.with_name(out.name + ".part")
     with tarfile.open(part, "w:gz") as tar:
         tar.add(tree, arcname=tree.name)
