@@ -126,8 +126,10 @@ def test_flash_attention_agrees_with_the_cpu(k_type, v_type, n_q, n_kv, d, n_hea
     got, kd, vd = flash_attn(CUDA, q, k, v, k_type, v_type, mask)
     cpu, _, _ = flash_attn("CPU", q, k, v, k_type, v_type, mask)
     exact = attention(q, kd, vd, 1.0 / np.sqrt(d), mask)
-    # decode runs in f32 end to end; prompts use f16 copies of K/V (upstream's kernels)
-    bound = 1e-5 if n_q == 1 and k_type in OURS else 5e-4
+    # decode runs in f32 (3-bit keys: 16-bit queries against 8-bit images of the levels,
+    # each <= 0.3 % off, which these peaked scores magnify); prompts use f16 copies of K/V
+    # (upstream's kernels)
+    bound = (5e-5 if k_type.endswith("3") else 1e-5) if n_q == 1 and k_type in OURS else 5e-4
     assert nmse(got, exact) < bound
     assert nmse(got, cpu) < bound
 

@@ -11,11 +11,10 @@ set -uo pipefail
 export PIP_NO_INDEX=1 RQ_CACHE_DIR=/root/rqcache
 out=${OUT:-/tmp/rq-out}
 mkdir -p "$out" /root/rqcache/assets
-# pytest with rotorquant loaded before numpy: on the H200 machine (2026-12-02) importing
-# numpy or torch first makes loading rotorquant's extension segfault (see 'crash' below)
-rqtest=(python3 -X faulthandler -c "import rotorquant._native, sys, pytest; sys.exit(pytest.main(sys.argv[1:]))")
-crash_report() {  # where `import numpy; import rotorquant` dies
-    (cd /tmp && python3 -c "import numpy; import rotorquant._native" > /dev/null 2>&1); echo "numpy first: rc $?"
+crash_report() {  # where `import numpy; import rotorquant` dies, if it does
+    (cd /tmp && python3 -c "import numpy; import rotorquant._native" > /dev/null 2>&1); rc=$?
+    echo "import numpy; import rotorquant._native: rc $rc"
+    [ $rc -eq 0 ] && return
     (cd /tmp && LD_DEBUG=libs python3 -c "import numpy; import rotorquant._native" 2>&1 | grep -E "calling init|error" | tail -8)
     (cd /tmp && timeout 120 cuda-gdb -batch -ex run -ex "bt 25" \
         --args python3 -c "import numpy; import rotorquant._native" 2>&1 | grep -vE "^\[New Thread|^\[Thread" | tail -40)
@@ -28,10 +27,10 @@ build)
     set +e  # cuda_build.sh turns errexit on
     cat "$out/build.txt"
     python3 tools/device/cuda_set_rows_diag.py 2>&1 | tee "$out/diag.txt" | grep -E "bytes equal|mean row"
-    timeout 200 "${rqtest[@]}" -m cuda tests/test_cuda.py -q -k "not real_model" -p no:cacheprovider \
+    crash_report > "$out/crash.txt" 2>&1; tail -70 "$out/crash.txt"
+    timeout 200 python3 -m pytest -m cuda tests/test_cuda.py -q -k "not real_model" -p no:cacheprovider \
         > "$out/cuda_tests.txt" 2>&1
     tail -25 "$out/cuda_tests.txt"
-    crash_report > "$out/crash.txt" 2>&1; tail -70 "$out/crash.txt"
     cat /root/models/log
     ;;
 measure)
@@ -40,7 +39,7 @@ measure)
     (cd /tmp && python3 -c "import rotorquant" 2>/dev/null) ||
         { echo "rotorquant is not installed here: the machine was released; run 'build' again" >&2; exit 3; }
     cat /root/rqcache/smol.00 .m2/smol.01 .m2/smol.02 > /root/rqcache/assets/SmolLM2-135M-Instruct.Q4_1.gguf
-    timeout 150 "${rqtest[@]}" -m cuda tests/test_cuda.py -q -k "real_model or auto_offload" -p no:cacheprovider \
+    timeout 150 python3 -m pytest -m cuda tests/test_cuda.py -q -k "real_model or auto_offload" -p no:cacheprovider \
         > "$out/real_model.txt" 2>&1
     tail -40 "$out/real_model.txt"
     for i in $(seq 60); do [ -f /root/models/l8b-q4km.gguf ] && break; sleep 3; done
