@@ -1,12 +1,14 @@
 """The installed package is our fork of the pinned llama.cpp, complete and self-contained."""
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 import rotorquant
 from conftest import run
-from rotorquant._native import BIN_DIR, build_config
+from rotorquant._native import BIN_DIR, LIB_DIR, PACKAGE_DIR, build_config
 
 PATCH_DIR = Path(__file__).resolve().parent.parent / "vendor/llama-cpp-turboquant/patches"
 PATCHES = sorted(p.name for p in PATCH_DIR.glob("*.patch"))
@@ -48,3 +50,32 @@ def test_every_bundled_tool_runs_without_library_path(tool):
         proc = run([BIN_DIR / tool, "--version"], env=env, timeout=60)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "commit 0c1e57098+rotorquant" in proc.stdout + proc.stderr
+
+
+def test_the_engine_loads_into_a_process_that_already_holds_the_system_cxx_runtime():
+    """numpy (or torch) imported first brings the system libstdc++; with libraries that each
+    carried a private copy of the C++ runtime (a toolchain linking it statically, as the
+    H200 host's /opt/gcc does) loading us then segfaulted in libllama-common's first
+    std::regex.  CMakeLists.txt keeps the runtime's symbols local to each library."""
+    code = "import ctypes; ctypes.CDLL('libstdc++.so.6'); import numpy; import rotorquant._native"
+    proc = run([sys.executable, "-c", code], timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def dynamic_symbols(path: Path) -> list[str]:
+    return [line.split()[-1] for line in run(["nm", "-D", "--defined-only", path]).stdout.splitlines()]
+
+
+@pytest.mark.skipif(not shutil.which("nm"), reason="needs binutils' nm")
+def test_no_bundled_library_exports_a_cxx_runtime_of_its_own():
+    runtime = ("__cxa_throw", "__dynamic_cast", "_ZNSt6localeC1Ev", "_ZNSt8ios_base4InitC1Ev")
+    for so in sorted(LIB_DIR.glob("*.so*")):
+        assert not set(runtime) & set(dynamic_symbols(so)), so.name
+
+
+@pytest.mark.skipif(not shutil.which("nm"), reason="needs binutils' nm")
+def test_the_cffi_module_exports_its_init_function_alone():
+    """Anything else it exported (the shim's std:: template instantiations) would come
+    first in symbol lookup for libllama and replace libllama's own copies."""
+    (module,) = PACKAGE_DIR.glob("_ffi*.so")
+    assert dynamic_symbols(module) == ["PyInit__ffi"]

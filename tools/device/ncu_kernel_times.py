@@ -25,7 +25,7 @@ def kernel_times(path: Path) -> dict[str, list[float]]:
     for row in csv.DictReader(lines):
         if row.get("Metric Name") != "gpu__time_duration.sum":
             continue
-        name = row["Kernel Name"].replace("(anonymous namespace)::", "")
+        name = row["Kernel Name"].replace("(anonymous namespace)::", "").replace("<unnamed>::", "")
         name = re.sub(r"<.*", "", name).split("(")[0].removeprefix("void ").strip()
         value = float(row["Metric Value"].replace(",", ""))
         unit = row.get("Metric Unit", "nsecond")
