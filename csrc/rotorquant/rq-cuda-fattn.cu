@@ -131,13 +131,23 @@ void rq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx, ggml_tensor 
 
     // Slices of the KV range: enough blocks to fill every multiprocessor to the occupancy
     // the kernel's registers and shared memory allow, so that one block's memory latency
-    // is hidden behind the others' work.  A slice is a whole number of 128-row tiles.
+    // is hidden behind the others' work.  A slice is a whole number of 128-row tiles, or,
+    // in a cache too short to give every block a tile, of 32 rows: at short context a
+    // block's time is one serial chain (queries, scores, softmax, V), and a quarter of the
+    // rows is a quarter of its V work.  A cache of one tile stays one slice (its block
+    // writes the output; more slices would need the combine kernel).
+    constexpr int ROWS_MIN = 32;
     const int nsm = ggml_cuda_info().devices[ctx.device].nsm;
     const int n_tiles = (p.n_kv + RQ_FA_THREADS - 1) / RQ_FA_THREADS;
     const int n_kv_blocks = p.n_head_kv*n_seq;
-    const int splits_wanted = std::clamp((blocks_per_sm*nsm + n_kv_blocks - 1) / n_kv_blocks, 1, std::max(1, n_tiles));
-    const int tiles_per_split = std::max(1, (n_tiles + splits_wanted - 1) / splits_wanted);
-    p.split_len = tiles_per_split*RQ_FA_THREADS;
+    const int splits_wanted = n_tiles <= 1 ? 1 : std::max(1, (blocks_per_sm*nsm + n_kv_blocks - 1) / n_kv_blocks);
+    if (splits_wanted <= n_tiles) {
+        const int tiles_per_split = (n_tiles + splits_wanted - 1) / splits_wanted;
+        p.split_len = tiles_per_split*RQ_FA_THREADS;
+    } else {
+        const int n_short = (p.n_kv + ROWS_MIN - 1) / ROWS_MIN;
+        p.split_len = std::max(1, (n_short + splits_wanted - 1) / splits_wanted)*ROWS_MIN;
+    }
     p.n_splits  = std::max(1, (p.n_kv + p.split_len - 1) / p.split_len);
 
     ggml_cuda_pool & pool = ctx.pool();
