@@ -68,6 +68,125 @@ void rq_cuda_set_rows(ggml_backend_cuda_context & ctx, const ggml_tensor * src0,
     }
 }
 
+// ---- upstream's Hadamard pre-rotation fused into the quantiser --------------------------
+//
+// One warp per Hadamard row of N values (N divides the SET_ROWS row): the scaled
+// Walsh-Hadamard transform in exactly the order of upstream's fwht_cuda (so the floats,
+// and then the bytes, are those of the two kernels run apart), the row staged in shared
+// memory, then the quantiser on each of its N/64 blocks.
+
+template <int N>
+static __device__ __forceinline__ void rq_fwht_row_warp(const float * __restrict__ x, const float scale, float * out, const int lane) {
+    constexpr int EL = N / WARP_SIZE;
+    float reg[EL];
+#pragma unroll
+    for (int i = 0; i < EL; ++i) {
+        reg[i] = x[i*WARP_SIZE + lane] * scale;
+    }
+#pragma unroll
+    for (int h = 1; h < WARP_SIZE; h *= 2) {
+#pragma unroll
+        for (int j = 0; j < EL; ++j) {
+            const float val  = reg[j];
+            const float val2 = __shfl_xor_sync(0xFFFFFFFF, val, h, WARP_SIZE);
+            reg[j] = (lane & h) == 0 ? val + val2 : val2 - val;
+        }
+    }
+#pragma unroll
+    for (int h = WARP_SIZE; h < N; h *= 2) {
+        const int step = h / WARP_SIZE;
+#pragma unroll
+        for (int j = 0; j < EL; j += 2*step) {
+#pragma unroll
+            for (int k = 0; k < step; ++k) {
+                const float a = reg[j + k];
+                const float b = reg[j + k + step];
+                reg[j + k]        = a + b;
+                reg[j + k + step] = a - b;
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < EL; ++i) {
+        out[i*WARP_SIZE + lane] = reg[i];
+    }
+}
+
+template <int bits, bool iso, int N>
+static __global__ void rq_k_hadamard_set_rows(const float * __restrict__ src0, const char * __restrict__ src1, char * __restrict__ dst,
+                                              const float scale, const bool idx64, const int n_hrows,
+                                              const int ne00, const int ne01, const int ne02,
+                                              const int ne11, const int ne12,
+                                              const int64_t nb10, const int64_t nb11, const int64_t nb12,
+                                              const int64_t nb1, const int64_t nb2, const int64_t nb3) {
+    __shared__ float sx[RQ_Q_WARPS][N];
+    __shared__ uint8_t sidx[RQ_Q_WARPS][RQ_QK];
+    const int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE;
+    const int hr = RQ_Q_WARPS*blockIdx.x + warp;
+    if (hr >= n_hrows) {
+        return;  // the whole warp
+    }
+    rq_fwht_row_warp<N>(src0 + (int64_t) hr*N, scale, sx[warp], lane);
+    __syncwarp();
+
+    const int per_row = ne00 / N;  // Hadamard rows per SET_ROWS row
+    const int i00 = (hr % per_row) * N;
+    int r = hr / per_row;
+    const int i01 = r % ne01; r /= ne01;
+    const int i02 = r % ne02;
+    const int i03 = r / ne02;
+    const char * idx_p = src1 + i01*nb10 + (int64_t) (i02 % ne11)*nb11 + (int64_t) (i03 % ne12)*nb12;
+    const int64_t dst_row = idx64 ? *(const int64_t *) idx_p : (int64_t) *(const int32_t *) idx_p;
+    uint8_t * y = (uint8_t *) (dst + dst_row*nb1 + i02*nb2 + i03*nb3) + (i00 / RQ_QK) * rq_block_bytes<bits>();
+#pragma unroll
+    for (int b = 0; b < N/RQ_QK; ++b) {
+        rq_quantize_block_warp<bits, iso>(sx[warp] + b*RQ_QK, y + b*rq_block_bytes<bits>(), sidx[warp], lane);
+    }
+}
+
+template <int bits, bool iso, int N>
+static void rq_hadamard_set_rows_launch(const ggml_tensor * x, const ggml_tensor * rows_like, const ggml_tensor * src1, ggml_tensor * dst,
+                                        cudaStream_t stream) {
+    const int64_t n_hrows = ggml_nelements(x) / N;
+    if (n_hrows == 0) {
+        return;
+    }
+    GGML_ASSERT(n_hrows < INT32_MAX - RQ_Q_WARPS && rows_like->ne[0] % N == 0);
+    const float scale = 1 / sqrtf(N);  // as upstream's fwht
+    const int64_t grid = (n_hrows + RQ_Q_WARPS - 1) / RQ_Q_WARPS;
+    rq_k_hadamard_set_rows<bits, iso, N><<<grid, RQ_Q_WARPS*WARP_SIZE, 0, stream>>>(
+        (const float *) x->data, (const char *) src1->data, (char *) dst->data, scale,
+        src1->type == GGML_TYPE_I64, (int) n_hrows,
+        (int) rows_like->ne[0], (int) rows_like->ne[1], (int) rows_like->ne[2],
+        (int) src1->ne[1], (int) src1->ne[2], src1->nb[0], src1->nb[1], src1->nb[2],
+        dst->nb[1], dst->nb[2], dst->nb[3]);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+template <int bits, bool iso>
+static void rq_hadamard_set_rows_typed(const int n, const ggml_tensor * x, const ggml_tensor * rows_like, const ggml_tensor * src1,
+                                       ggml_tensor * dst, cudaStream_t stream) {
+    switch (n) {
+        case 64:  rq_hadamard_set_rows_launch<bits, iso, 64 >(x, rows_like, src1, dst, stream); break;
+        case 128: rq_hadamard_set_rows_launch<bits, iso, 128>(x, rows_like, src1, dst, stream); break;
+        case 256: rq_hadamard_set_rows_launch<bits, iso, 256>(x, rows_like, src1, dst, stream); break;
+        case 512: rq_hadamard_set_rows_launch<bits, iso, 512>(x, rows_like, src1, dst, stream); break;
+        default: GGML_ABORT("rotorquant: no fused Hadamard of size %d", n);
+    }
+}
+
+void rq_cuda_hadamard_set_rows(ggml_backend_cuda_context & ctx, const int n, const ggml_tensor * x, const ggml_tensor * rows_like,
+                               const ggml_tensor * src1, ggml_tensor * dst) {
+    cudaStream_t stream = ctx.stream();
+    switch (dst->type) {
+        case GGML_TYPE_PLANAR3: rq_hadamard_set_rows_typed<3, false>(n, x, rows_like, src1, dst, stream); break;
+        case GGML_TYPE_ISO3:    rq_hadamard_set_rows_typed<3, true >(n, x, rows_like, src1, dst, stream); break;
+        case GGML_TYPE_PLANAR4: rq_hadamard_set_rows_typed<4, false>(n, x, rows_like, src1, dst, stream); break;
+        case GGML_TYPE_ISO4:    rq_hadamard_set_rows_typed<4, true >(n, x, rows_like, src1, dst, stream); break;
+        default: GGML_ABORT("rq_cuda_hadamard_set_rows: %s is not a rotor type", ggml_type_name(dst->type));
+    }
+}
+
 // Element i of a tensor -> byte offset, for ggml's row-major 4-D layout.
 struct rq_layout {
     int64_t ne0, ne1, ne2;

@@ -4,6 +4,7 @@
 //
 // Division of labour on CUDA (the same formats and tables as the CPU, rq-tables.h):
 //   SET_ROWS / CPY F32 -> rotor   quantise on the GPU, byte-identical to the CPU codec
+//                                 (after upstream's Hadamard pre-rotation: one fused kernel)
 //   CPY rotor -> F32, to_fp16/32  decode (contiguous and strided): K-shift, and prompt
 //                                 processing, where upstream's tensor-core FA kernels run
 //                                 on K/V converted to f16 (as upstream does for q4_0/q8_0)
@@ -20,6 +21,17 @@ extern "C" bool rq_is_cache_type(enum ggml_type type);
 
 // SET_ROWS into a rotor tensor (src0 F32 rows, src1 I32/I64 row ids).
 void rq_cuda_set_rows(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, const ggml_tensor * src1, ggml_tensor * dst);
+
+// SET_ROWS into a rotor tensor of H x instead of its source (H: upstream's scaled
+// Walsh-Hadamard transform of size n, on each n values of the contiguous F32 x); rows_like:
+// the SET_ROWS source, whose shape maps x's elements to rows.
+void rq_cuda_hadamard_set_rows(ggml_backend_cuda_context & ctx, int n, const ggml_tensor * x, const ggml_tensor * rows_like,
+                               const ggml_tensor * src1, ggml_tensor * dst);
+
+// Node i of the CUDA backend's graph, if it belongs to a Hadamard pre-rotation feeding a
+// rotor SET_ROWS (rq-cuda-graph.cu): at the Hadamard node the fused store runs, at the
+// SET_ROWS nothing is left to do; true in both cases, false for every other node.
+bool rq_cuda_fuse_hadamard_set_rows(ggml_backend_cuda_context & ctx, const ggml_cgraph * cgraph, int i);
 
 // CPY between F32 and a rotor type, either direction; false if the pair is not ours.
 bool rq_cuda_supports_cpy(ggml_type src, ggml_type dst);

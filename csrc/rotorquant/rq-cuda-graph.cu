@@ -1,0 +1,162 @@
+// Graph-level fusion for the RotorQuant cache types on CUDA (hook in patch 0007, in the
+// CUDA backend's node loop).
+//
+// llama.cpp multiplies K and V by a Walsh-Hadamard matrix before they are stored into a
+// quantized cache (`attn_rot`, a MUL_MAT with GGML_HINT_SRC0_IS_HADAMARD, run as
+// fwht_cuda), so a decode step wrote each layer's K and V in four launches of a few
+// microseconds each: fwht, quantiser, fwht, quantiser.  Here the transform and the rotor
+// quantiser run as one kernel, at the Hadamard node, writing the cache rows of the
+// SET_ROWS that is the transform's only consumer; that SET_ROWS then has nothing to do.
+//
+// Running the store at the Hadamard node (not at the SET_ROWS, which for V comes several
+// nodes later) is what makes this safe: the transform's input is still live there, while
+// by the time of the SET_ROWS the graph allocator may have given its memory to another
+// tensor.  The conditions checked below make the early store invisible to the rest of the
+// graph: nothing between the two nodes touches the cache the SET_ROWS writes, and its row
+// ids are a graph input.
+#include "rq-cuda.h"
+
+#include "ggml-impl.h"
+
+#include <algorithm>
+#include <cstdlib>
+
+namespace {
+
+constexpr int RQ_FUSE_LOOKAHEAD = 48;  // nodes searched for the consumer (V: ~11 in a Llama layer)
+
+bool is_hadamard_mul_mat(const ggml_tensor * t) {
+    if (t->op != GGML_OP_MUL_MAT || ggml_get_op_params_i32(t, 1) != GGML_HINT_SRC0_IS_HADAMARD) {
+        return false;
+    }
+    const ggml_tensor * h = t->src[0];
+    const ggml_tensor * x = t->src[1];
+    const int64_t n = h->ne[0];
+    return h->type == GGML_TYPE_F32 && x->type == GGML_TYPE_F32 && t->type == GGML_TYPE_F32 &&
+           (n == 64 || n == 128 || n == 256 || n == 512) && ggml_is_contiguous(x) && ggml_is_contiguous(t) &&
+           ggml_are_same_shape(x, t);
+}
+
+bool is_view(const ggml_tensor * t) {
+    return t->op == GGML_OP_RESHAPE || t->op == GGML_OP_VIEW;
+}
+
+const ggml_tensor * root_of(const ggml_tensor * t) {
+    while (t->view_src) {
+        t = t->view_src;
+    }
+    return t;
+}
+
+int index_of(const ggml_cgraph * g, const ggml_tensor * t, const int from, const int to) {
+    for (int k = from; k < to; ++k) {
+        if (g->nodes[k] == t) {
+            return k;
+        }
+    }
+    return -1;
+}
+
+// The node index of the SET_ROWS into a rotor cache that node i (a Hadamard MUL_MAT) feeds
+// alone, through reshapes and views, if the store may run at node i; else -1.
+int fused_set_rows_of(const ggml_cgraph * g, const int i) {
+    const ggml_tensor * h = g->nodes[i];
+    if (!is_hadamard_mul_mat(h)) {
+        return -1;
+    }
+    const int end = std::min(g->n_nodes, i + 1 + RQ_FUSE_LOOKAHEAD);
+    int cur = i;
+    for (;;) {
+        if (ggml_node_get_use_count(g, cur) != 1) {
+            return -1;
+        }
+        const ggml_tensor * t = g->nodes[cur];
+        int next = -1;
+        for (int k = cur + 1; k < end && next < 0; ++k) {
+            for (int s = 0; s < GGML_MAX_SRC; ++s) {
+                if (g->nodes[k]->src[s] == t) {
+                    next = k;
+                    break;
+                }
+            }
+        }
+        if (next < 0) {
+            return -1;
+        }
+        const ggml_tensor * c = g->nodes[next];
+        if (is_view(c) && c->src[0] == t) {
+            cur = next;
+            continue;
+        }
+        if (c->op != GGML_OP_SET_ROWS || c->src[0] != t || !rq_is_cache_type(c->type)) {
+            return -1;
+        }
+        // same elements in the same order: the SET_ROWS source is the transform's result
+        // seen contiguously from its start, in rows the transform's size divides
+        const ggml_tensor * rows = c->src[0];
+        const ggml_tensor * ids  = c->src[1];
+        if (!ggml_is_contiguous(rows) || rows->data != h->data || ggml_nelements(rows) != ggml_nelements(h) ||
+            rows->ne[0] % h->src[0]->ne[0] != 0 || rows->ne[0] % 64 != 0) {
+            return -1;
+        }
+        if (ids->type != GGML_TYPE_I32 && ids->type != GGML_TYPE_I64) {
+            return -1;
+        }
+        // row ids computed by the graph, or a cache touched in between: store at the SET_ROWS
+        if (root_of(ids)->op != GGML_OP_NONE) {
+            return -1;
+        }
+        const ggml_tensor * cache = root_of(c);
+        if (cache->op != GGML_OP_NONE) {
+            return -1;
+        }
+        for (int k = i + 1; k < next; ++k) {
+            const ggml_tensor * m = g->nodes[k];
+            if (root_of(m) == cache) {
+                return -1;
+            }
+            for (int s = 0; s < GGML_MAX_SRC; ++s) {
+                if (m->src[s] && root_of(m->src[s]) == cache) {
+                    return -1;
+                }
+            }
+        }
+        return next;
+    }
+}
+
+// The Hadamard node whose fused store already wrote SET_ROWS node j, or -1.
+int fusing_hadamard_of(const ggml_cgraph * g, const int j) {
+    const ggml_tensor * t = g->nodes[j]->src[0];
+    while (t && is_view(t)) {
+        t = t->src[0];
+    }
+    if (!t || !is_hadamard_mul_mat(t)) {
+        return -1;
+    }
+    const int i = index_of(g, t, std::max(0, j - 1 - RQ_FUSE_LOOKAHEAD), j);
+    return i >= 0 && fused_set_rows_of(g, i) == j ? i : -1;
+}
+
+} // namespace
+
+bool rq_cuda_fuse_hadamard_set_rows(ggml_backend_cuda_context & ctx, const ggml_cgraph * cgraph, const int i) {
+    static const bool disabled = getenv("GGML_CUDA_DISABLE_FUSION") != nullptr && atoi(getenv("GGML_CUDA_DISABLE_FUSION"));
+    const ggml_tensor * node = cgraph->nodes[i];
+    if (disabled) {
+        return false;
+    }
+    if (node->op == GGML_OP_MUL_MAT) {
+        const int j = fused_set_rows_of(cgraph, i);
+        if (j < 0) {
+            return false;
+        }
+        ggml_tensor * set_rows = cgraph->nodes[j];
+        rq_cuda_hadamard_set_rows(ctx, (int) node->src[0]->ne[0], node->src[1], set_rows->src[0], set_rows->src[1], set_rows);
+        return true;
+    }
+    if (node->op == GGML_OP_SET_ROWS && rq_is_cache_type(node->type)) {
+        return fusing_hadamard_of(cgraph, i) >= 0;
+    }
+    return false;
+}
