@@ -1,5 +1,5 @@
 """Chat completions: the model's own template (rendered by llama.cpp's chat code, as
-llama-server renders it), streaming, JSON output and tool definitions.
+llama-server renders it), streaming, JSON output, a reasoning budget and tool definitions.
 
     python examples/chat.py [MODEL.gguf]        (default: the embedded Gemma-3-270M)
 """
@@ -31,6 +31,11 @@ def main(model: str) -> None:
         reply = llm.create_chat_completion(messages, max_tokens=64, temperature=0,
                                            response_format={"type": "json_object", "schema": schema})
         print(json.loads(reply["choices"][0]["message"]["content"]))
+
+        # a reasoning model's thinking, capped: after 64 tokens in its thinking block the
+        # end tag is forced and the answer follows (a template without one ignores this)
+        reply = llm.create_chat_completion(messages, max_tokens=128, temperature=0, reasoning_budget=64)
+        print(reply["choices"][0]["message"].get("reasoning_content") or "(no reasoning block)")
 
         # tools: what the template makes of them (a reply with calls comes back parsed
         # into message["tool_calls"] with finish_reason "tool_calls")

@@ -190,6 +190,30 @@ def test_reasoning_in_thinking_tags_becomes_reasoning_content(tiny_model):
     assert off.endswith("<think>\n\n</think>\n")  # the template's own switch
 
 
+def test_a_reasoning_budget_cuts_the_thinking_and_forces_the_end_tag(smollm2_model):
+    """SmolLM2 is no reasoning model: opened a <think> block, it never closes it alone, so
+    whatever closes it here is the budget (upstream's sampler, as --reasoning-budget).
+    Its <think> is three ordinary tokens, which the sampler finds in the generation prompt
+    only where the tokenizer splits it as it splits the tag alone: after a newline."""
+    ask = [{"role": "user", "content": "Name a colour."}]
+    template = THINKING_TEMPLATE.replace("<|assistant|>{% if", "<|assistant|>\n{% if")
+    with Llama(smollm2_model, n_ctx=512, chat_template=template) as llm:
+        def reply(**kw):
+            return llm.create_chat_completion(ask, max_tokens=24, temperature=0, **kw)["choices"][0]["message"]
+
+        free = reply()
+        cut = reply(reasoning_budget=5)
+        raw = reply(reasoning_budget=5, reasoning_budget_message=" Enough.", reasoning_format="none")
+        skipped = reply(reasoning_budget=0)
+        assert reply(reasoning_budget=-1) == free  # the server's "no budget"
+        n_reasoning = len(llm.tokenize(cut["reasoning_content"], add_special=False))
+    assert free.get("content", "") == "" and len(free["reasoning_content"]) > 20  # all thinking
+    assert 0 < n_reasoning <= 5
+    assert cut["reasoning_content"] == free["reasoning_content"][:len(cut["reasoning_content"])]
+    assert " Enough.</think>" in raw["content"]
+    assert skipped.get("reasoning_content", "").strip() == ""
+
+
 def test_json_schema_to_grammar_is_upstreams_converter():
     gbnf = json_schema_to_grammar({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]})
     assert gbnf.startswith("integer ::=") or "root ::=" in gbnf
@@ -219,6 +243,10 @@ def test_bad_chat_requests_raise_errors_that_name_the_problem(tiny_model, smollm
             llm.create_chat_completion(msgs, temprature=0.5)
         with pytest.raises(ChatError, match="grammar"):
             llm.create_chat_completion(msgs, grammar='root ::= "a"', response_format={"type": "json_object"})
+        with pytest.raises(ValueError, match="reasoning_budget"):
+            llm.create_chat_completion(msgs, reasoning_budget=-2)
+        with pytest.raises(TypeError, match="reasoning_budget_message"):
+            llm.create_chat_completion(msgs, reasoning_budget=3, reasoning_budget_message=None)
     with pytest.raises(ChatError, match="chat template"):
         with Llama(tiny_model, vocab_only=True, chat_template="{% for %}") as llm:
             llm.apply_chat_template([{"role": "user", "content": "x"}])

@@ -60,24 +60,27 @@ def sylvester(n: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("t", OURS)
-@pytest.mark.parametrize("n", [64, 128, 256])
+@pytest.mark.parametrize("n", [64, 128, 256, 512])
 def test_the_hadamard_pre_rotation_fused_into_the_store_writes_the_cpu_bytes(t, n):
     """A Hadamard MUL_MAT whose only consumer is a rotor SET_ROWS runs with it as one kernel
     on CUDA (rq-cuda-graph.cu); the cache bytes are those the CPU writes running both."""
-    d, n_rows = 256, 40
+    d, n_rows = max(256, n), 40
     x = rows(n_rows, d, seed=7)
     ids = np.random.default_rng(8).permutation(64)[:n_rows].astype(np.int64)
     zeros = bytes(len(encode(np.zeros((64, d), np.float32), t)))
 
-    def build(b):
+    def build(b, read_transform=False):
         cache = b.tensor(t, (d, 64), zeros)
         chunks = lib.ggml_reshape_2d(b.ctx, b.tensor("f32", (d, n_rows), x), n, d * n_rows // n)
         hx = lib.ggml_mul_mat(b.ctx, b.tensor("f32", (n, n), sylvester(n)), chunks)
         lib.ggml_mul_mat_set_hint(hx, lib.GGML_HINT_SRC0_IS_HADAMARD)
-        return lib.ggml_set_rows(b.ctx, cache, lib.ggml_reshape_2d(b.ctx, hx, d, n_rows), b.tensor("i64", (n_rows,), ids))
+        b.uploads.append((hx, bytes(lib.ggml_nbytes(hx))))  # zeros, unless the MUL_MAT runs
+        node = lib.ggml_set_rows(b.ctx, cache, lib.ggml_reshape_2d(b.ctx, hx, d, n_rows), b.tensor("i64", (n_rows,), ids))
+        return (node, hx) if read_transform else node
 
     got = run(CUDA, build)
     assert got == run("CPU", build)
+    assert not any(run(CUDA, lambda b: build(b, read_transform=True)))  # fused: the MUL_MAT itself never ran
     stored = decode(got, t, (64, d))[ids]
     rotated = (x.reshape(-1, n) @ sylvester(n)).reshape(n_rows, d)
     assert nmse(stored, rotated) < 0.1 < nmse(stored, x)  # the transform was applied

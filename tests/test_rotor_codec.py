@@ -203,3 +203,16 @@ TEST_VECTORS = {
         "6b46698863453a82fd49a8594bc87daaa7645676899b710de9874674fa99757a579cfb48798887774793cd67c11954da665829ca"
         "97879798634cb6782283fb92d9038764"),
 }
+
+
+def test_the_cuda_decoders_integer_levels_stay_within_0_3_percent_of_the_3_bit_codebook():
+    """The CUDA decode kernel scores 3-bit keys (and reads 3-bit V) with 8-bit images of the
+    levels, round(level * RQ3_I8_SCALE); regenerated tables must keep them signed bytes
+    and close, or the GPU drifts from the CPU."""
+    src = (REPO / "csrc/rotorquant/rq-cuda-fattn-decode.cuh").read_text()
+    (scale,) = [float(line.split("=")[1].strip(" f;")) for line in src.splitlines()
+                if line.startswith("constexpr float RQ3_I8_SCALE")]
+    levels = np.array(T.LEVELS3, np.float64)
+    images = np.round(levels * scale)
+    assert np.all(np.abs(images) <= 127) and np.all(images + 128 <= 255)
+    assert np.max(np.abs(images / scale - levels) / np.abs(levels)) < 0.003

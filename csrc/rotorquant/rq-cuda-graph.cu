@@ -67,7 +67,8 @@ int fused_set_rows_of(const ggml_cgraph * g, const int i) {
     const int end = std::min(g->n_nodes, i + 1 + RQ_FUSE_LOOKAHEAD);
     int cur = i;
     for (;;) {
-        if (ggml_node_get_use_count(g, cur) != 1) {
+        // the transform's result is never written: nothing else may read it
+        if (ggml_node_get_use_count(g, cur) != 1 || (g->nodes[cur]->flags & GGML_TENSOR_FLAG_OUTPUT)) {
             return -1;
         }
         const ggml_tensor * t = g->nodes[cur];
@@ -88,7 +89,8 @@ int fused_set_rows_of(const ggml_cgraph * g, const int i) {
             cur = next;
             continue;
         }
-        if (c->op != GGML_OP_SET_ROWS || c->src[0] != t || !rq_is_cache_type(c->type)) {
+        if (c->op != GGML_OP_SET_ROWS || c->src[0] != t || !rq_is_cache_type(c->type) ||
+            !(c->flags & GGML_TENSOR_FLAG_COMPUTE)) {
             return -1;
         }
         // same elements in the same order: the SET_ROWS source is the transform's result
@@ -102,8 +104,14 @@ int fused_set_rows_of(const ggml_cgraph * g, const int i) {
         if (ids->type != GGML_TYPE_I32 && ids->type != GGML_TYPE_I64) {
             return -1;
         }
-        // row ids computed by the graph, or a cache touched in between: store at the SET_ROWS
-        if (root_of(ids)->op != GGML_OP_NONE) {
+        // row ids computed by the graph, or a cache or the ids touched in between: store
+        // at the SET_ROWS.  (Ops such as CPY return a view of what they write, so "a view
+        // of a leaf" is not enough: every step of the ids' chain must be a view.)
+        const ggml_tensor * id_root = ids;
+        while (is_view(id_root)) {
+            id_root = id_root->src[0];
+        }
+        if (id_root->op != GGML_OP_NONE || id_root->view_src) {
             return -1;
         }
         const ggml_tensor * cache = root_of(c);
@@ -112,11 +120,15 @@ int fused_set_rows_of(const ggml_cgraph * g, const int i) {
         }
         for (int k = i + 1; k < next; ++k) {
             const ggml_tensor * m = g->nodes[k];
-            if (root_of(m) == cache) {
-                return -1;
+            if (is_view(m)) {
+                continue;  // reads nothing; whoever reads through it is checked below
             }
+            const ggml_tensor * touched[1 + GGML_MAX_SRC] = { m };
             for (int s = 0; s < GGML_MAX_SRC; ++s) {
-                if (m->src[s] && root_of(m->src[s]) == cache) {
+                touched[1 + s] = m->src[s];
+            }
+            for (const ggml_tensor * u : touched) {
+                if (u && (root_of(u) == cache || root_of(u) == id_root)) {
                     return -1;
                 }
             }

@@ -7,34 +7,48 @@
 
 #define RQ_Q_WARPS 4  // warps (blocks of 64 values) per CUDA block
 
+// SET_ROWS geometry: source rows (i01, i02, i03) over ne01 x ne02 x ne03, row ids
+// src1[i01, i02 % ne11, i03 % ne12], destination rows nb1 apart.  32-bit index arithmetic
+// (the launchers check the counts): a 64-bit division is a long software sequence on the
+// GPU, and a decode step runs these kernels per layer.
+struct rq_set_rows_args {
+    bool idx64;
+    int ne01, ne02, ne11, ne12;
+    int64_t nb10, nb11, nb12, nb1, nb2, nb3;
+};
+
+static rq_set_rows_args rq_set_rows_args_of(const ggml_tensor * rows, const ggml_tensor * src1, const ggml_tensor * dst) {
+    return { src1->type == GGML_TYPE_I64, (int) rows->ne[1], (int) rows->ne[2], (int) src1->ne[1], (int) src1->ne[2],
+             (int64_t) src1->nb[0], (int64_t) src1->nb[1], (int64_t) src1->nb[2],
+             (int64_t) dst->nb[1], (int64_t) dst->nb[2], (int64_t) dst->nb[3] };
+}
+
+// Source row `row` (flattened) -> its indices and the destination block holding its element i00.
+template <int bits>
+static __device__ __forceinline__ uint8_t * rq_set_rows_block(const rq_set_rows_args & a, const char * src1, char * dst,
+                                                              int row, const int64_t i00, int & i01, int & i02, int & i03) {
+    i01 = row % a.ne01; row /= a.ne01;
+    i02 = row % a.ne02;
+    i03 = row / a.ne02;
+    const char * idx_p = src1 + i01*a.nb10 + (int64_t) (i02 % a.ne11)*a.nb11 + (int64_t) (i03 % a.ne12)*a.nb12;
+    const int64_t dst_row = a.idx64 ? *(const int64_t *) idx_p : (int64_t) *(const int32_t *) idx_p;
+    return (uint8_t *) (dst + dst_row*a.nb1 + i02*a.nb2 + i03*a.nb3) + (i00 / RQ_QK) * rq_block_bytes<bits>();
+}
+
 template <int bits, bool iso>
 static __global__ void rq_k_set_rows(const char * __restrict__ src0, const char * __restrict__ src1, char * __restrict__ dst,
-                                     const bool idx64, const int64_t n_blocks,
-                                     const int64_t ne00, const int64_t ne01, const int64_t ne02,
-                                     const int64_t nb01, const int64_t nb02, const int64_t nb03,
-                                     const int64_t ne11, const int64_t ne12,
-                                     const int64_t nb10, const int64_t nb11, const int64_t nb12,
-                                     const int64_t nb1, const int64_t nb2, const int64_t nb3) {
+                                     const int n_blocks, const int blocks_per_row, const rq_set_rows_args a,
+                                     const int64_t nb01, const int64_t nb02, const int64_t nb03) {
     __shared__ uint8_t sidx[RQ_Q_WARPS][RQ_QK];
     const int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE;
     const int ib = RQ_Q_WARPS*blockIdx.x + warp;
     if (ib >= n_blocks) {
         return;  // the whole warp: ib is the same on its lanes
     }
-    // 32-bit index arithmetic (the launcher checks n_blocks < 2^31): a 64-bit division is
-    // a long software sequence on the GPU, and one decode step runs this kernel per layer
-    const int bpr = (int) (ne00 / RQ_QK);  // blocks per row
-    const int64_t i00 = (int64_t) (ib % bpr) * RQ_QK;
-    int r = ib / bpr;
-    const int64_t i01 = r % (int) ne01; r /= (int) ne01;
-    const int64_t i02 = r % (int) ne02;
-    const int64_t i03 = r / (int) ne02;
-
-    const char * idx_p = src1 + i01*nb10 + (int64_t) ((int) i02 % (int) ne11)*nb11 + (int64_t) ((int) i03 % (int) ne12)*nb12;
-    const int64_t dst_row = idx64 ? *(const int64_t *) idx_p : (int64_t) *(const int32_t *) idx_p;
-
+    const int64_t i00 = (int64_t) (ib % blocks_per_row) * RQ_QK;
+    int i01, i02, i03;
+    uint8_t * y = rq_set_rows_block<bits>(a, src1, dst, ib / blocks_per_row, i00, i01, i02, i03);
     const float * x = (const float *) (src0 + i01*nb01 + i02*nb02 + i03*nb03) + i00;
-    uint8_t * y = (uint8_t *) (dst + dst_row*nb1 + i02*nb2 + i03*nb3) + (i00 / RQ_QK) * rq_block_bytes<bits>();
     rq_quantize_block_warp<bits, iso>(x, y, sidx[warp], lane);
 }
 
@@ -47,11 +61,8 @@ static void rq_set_rows_launch(const ggml_tensor * src0, const ggml_tensor * src
     GGML_ASSERT(n_blocks < INT32_MAX - RQ_Q_WARPS);
     const int64_t grid = (n_blocks + RQ_Q_WARPS - 1) / RQ_Q_WARPS;
     rq_k_set_rows<bits, iso><<<grid, RQ_Q_WARPS*WARP_SIZE, 0, stream>>>(
-        (const char *) src0->data, (const char *) src1->data, (char *) dst->data,
-        src1->type == GGML_TYPE_I64, n_blocks,
-        src0->ne[0], src0->ne[1], src0->ne[2], src0->nb[1], src0->nb[2], src0->nb[3],
-        src1->ne[1], src1->ne[2], src1->nb[0], src1->nb[1], src1->nb[2],
-        dst->nb[1], dst->nb[2], dst->nb[3]);
+        (const char *) src0->data, (const char *) src1->data, (char *) dst->data, (int) n_blocks,
+        (int) (src0->ne[0] / RQ_QK), rq_set_rows_args_of(src0, src1, dst), src0->nb[1], src0->nb[2], src0->nb[3]);
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -81,7 +92,7 @@ static __device__ __forceinline__ void rq_fwht_row_warp(const float * __restrict
     float reg[EL];
 #pragma unroll
     for (int i = 0; i < EL; ++i) {
-        reg[i] = x[i*WARP_SIZE + lane] * scale;
+        reg[i] = __fmul_rn(x[i*WARP_SIZE + lane], scale);  // rounded, as the CPU's: never fused into the first add
     }
 #pragma unroll
     for (int h = 1; h < WARP_SIZE; h *= 2) {
@@ -114,11 +125,8 @@ static __device__ __forceinline__ void rq_fwht_row_warp(const float * __restrict
 
 template <int bits, bool iso, int N>
 static __global__ void rq_k_hadamard_set_rows(const float * __restrict__ src0, const char * __restrict__ src1, char * __restrict__ dst,
-                                              const float scale, const bool idx64, const int n_hrows,
-                                              const int ne00, const int ne01, const int ne02,
-                                              const int ne11, const int ne12,
-                                              const int64_t nb10, const int64_t nb11, const int64_t nb12,
-                                              const int64_t nb1, const int64_t nb2, const int64_t nb3) {
+                                              const float scale, const int n_hrows, const int hrows_per_row,
+                                              const rq_set_rows_args a) {
     __shared__ float sx[RQ_Q_WARPS][N];
     __shared__ uint8_t sidx[RQ_Q_WARPS][RQ_QK];
     const int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE;
@@ -128,16 +136,8 @@ static __global__ void rq_k_hadamard_set_rows(const float * __restrict__ src0, c
     }
     rq_fwht_row_warp<N>(src0 + (int64_t) hr*N, scale, sx[warp], lane);
     __syncwarp();
-
-    const int per_row = ne00 / N;  // Hadamard rows per SET_ROWS row
-    const int i00 = (hr % per_row) * N;
-    int r = hr / per_row;
-    const int i01 = r % ne01; r /= ne01;
-    const int i02 = r % ne02;
-    const int i03 = r / ne02;
-    const char * idx_p = src1 + i01*nb10 + (int64_t) (i02 % ne11)*nb11 + (int64_t) (i03 % ne12)*nb12;
-    const int64_t dst_row = idx64 ? *(const int64_t *) idx_p : (int64_t) *(const int32_t *) idx_p;
-    uint8_t * y = (uint8_t *) (dst + dst_row*nb1 + i02*nb2 + i03*nb3) + (i00 / RQ_QK) * rq_block_bytes<bits>();
+    int i01, i02, i03;
+    uint8_t * y = rq_set_rows_block<bits>(a, src1, dst, hr / hrows_per_row, (int64_t) (hr % hrows_per_row) * N, i01, i02, i03);
 #pragma unroll
     for (int b = 0; b < N/RQ_QK; ++b) {
         rq_quantize_block_warp<bits, iso>(sx[warp] + b*RQ_QK, y + b*rq_block_bytes<bits>(), sidx[warp], lane);
@@ -155,11 +155,8 @@ static void rq_hadamard_set_rows_launch(const ggml_tensor * x, const ggml_tensor
     const float scale = 1 / sqrtf(N);  // as upstream's fwht
     const int64_t grid = (n_hrows + RQ_Q_WARPS - 1) / RQ_Q_WARPS;
     rq_k_hadamard_set_rows<bits, iso, N><<<grid, RQ_Q_WARPS*WARP_SIZE, 0, stream>>>(
-        (const float *) x->data, (const char *) src1->data, (char *) dst->data, scale,
-        src1->type == GGML_TYPE_I64, (int) n_hrows,
-        (int) rows_like->ne[0], (int) rows_like->ne[1], (int) rows_like->ne[2],
-        (int) src1->ne[1], (int) src1->ne[2], src1->nb[0], src1->nb[1], src1->nb[2],
-        dst->nb[1], dst->nb[2], dst->nb[3]);
+        (const float *) x->data, (const char *) src1->data, (char *) dst->data, scale, (int) n_hrows,
+        (int) (rows_like->ne[0] / N), rq_set_rows_args_of(rows_like, src1, dst));
     CUDA_CHECK(cudaGetLastError());
 }
 

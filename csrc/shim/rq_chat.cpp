@@ -8,6 +8,7 @@
 #include "chat.h"
 #include "common.h"
 #include "json-schema-to-grammar.h"
+#include "reasoning-budget.h"
 #include "llama.h"
 
 #include <algorithm>
@@ -245,6 +246,8 @@ char * rq_chat_apply(const struct rq_chat * chat, const char * request_json, cha
         out["grammar_lazy"]      = p.grammar_lazy;
         out["stops"]             = strings(p.additional_stops);
         out["generation_prompt"] = p.generation_prompt;
+        out["thinking_start_tag"] = p.thinking_start_tag;
+        out["thinking_end_tags"]  = strings(p.thinking_end_tags);
         add_triggers(chat, p, out);
         if (p.grammar_lazy && out["trigger_patterns"].size() == 0 && out["trigger_tokens"].size() == 0) {
             throw std::runtime_error("the template asks for a lazy grammar but gives no trigger");
@@ -301,4 +304,60 @@ char * rq_json_schema_to_grammar(const char * schema_json, char ** error) {
     return guarded(error, [&]() {
         return json_schema_to_grammar(common_json::parse(schema_json ? schema_json : ""));
     });
+}
+
+struct llama_sampler * rq_reasoning_budget_new(const struct llama_vocab * vocab, const char * start,
+                                               const char * const * ends, size_t n_ends, const char * message,
+                                               int32_t budget, const llama_token * prefill, size_t n_prefill,
+                                               char ** error) {
+    llama_sampler * smpl = nullptr;
+    char * ok = guarded(error, [&]() {
+        if (!vocab || !start || !*start || n_ends == 0 || budget < 0) {
+            throw std::invalid_argument("a reasoning budget needs a vocabulary, a start tag, an end tag and a budget >= 0");
+        }
+        std::vector<llama_tokens> end_seqs;
+        for (size_t i = 0; i < n_ends; ++i) {
+            if (ends[i] && *ends[i]) {
+                end_seqs.push_back(common_tokenize(vocab, ends[i], false, true));
+            }
+        }
+        if (end_seqs.empty()) {
+            throw std::invalid_argument("a reasoning budget needs a non-empty end tag");
+        }
+        // what is forced when the budget runs out: the message, then the first end tag (as the server)
+        llama_tokens forced = message && *message ? common_tokenize(vocab, message, false, true) : llama_tokens();
+        forced.insert(forced.end(), end_seqs.front().begin(), end_seqs.front().end());
+        const llama_tokens start_seq = common_tokenize(vocab, start, false, true);
+        smpl = common_reasoning_budget_init(vocab, {start_seq}, end_seqs, forced, budget);
+        // The template may have opened the block already.  What it wrote after an open
+        // tag is not generated and is not counted: upstream counts it, and with a budget of
+        // 0 its forced end tag then loses its first token to that text.
+        const llama_tokens pre(prefill, prefill + n_prefill);
+        const auto find_last = [&](const llama_tokens & seq, size_t from) -> size_t {  // end of the last match, or npos
+            size_t found = std::string::npos;
+            for (size_t i = from; !seq.empty() && i + seq.size() <= pre.size(); ++i) {
+                if (std::equal(seq.begin(), seq.end(), pre.begin() + i)) {
+                    found = i + seq.size();
+                }
+            }
+            return found;
+        };
+        size_t n_feed = pre.size();
+        const size_t opened = find_last(start_seq, 0);
+        if (opened != std::string::npos) {
+            bool closed = false;
+            for (const auto & e : end_seqs) {
+                closed = closed || find_last(e, opened) != std::string::npos;
+            }
+            if (!closed) {
+                n_feed = opened;
+            }
+        }
+        for (size_t i = 0; i < n_feed; ++i) {
+            llama_sampler_accept(smpl, pre[i]);
+        }
+        return std::string();
+    });
+    std::free(ok);
+    return smpl;
 }

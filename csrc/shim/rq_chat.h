@@ -9,12 +9,16 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 struct llama_model;
+struct llama_vocab;
+struct llama_sampler;
 
 void rq_string_free(char * s);
 
@@ -30,7 +34,8 @@ char * rq_chat_info(const struct rq_chat * chat, char ** error);
 // add_generation_prompt, continue_final_message, json_schema, grammar, reasoning_format,
 // enable_thinking, chat_template_kwargs, reasoning_effort) the way llama-server does with
 // its defaults.  Result: {"prompt", "grammar", "grammar_lazy", "trigger_patterns",
-// "trigger_tokens", "preserved_tokens", "stops", "generation_prompt", "parser": {...}}
+// "trigger_tokens", "preserved_tokens", "stops", "generation_prompt", "thinking_start_tag",
+// "thinking_end_tags", "parser": {...}}
 // where "parser" is the input of rq_chat_parser_new.
 char * rq_chat_apply(const struct rq_chat * chat, const char * request_json, char ** error);
 
@@ -40,6 +45,17 @@ struct rq_chat_parser;
 struct rq_chat_parser * rq_chat_parser_new(const char * parser_json, char ** error);
 void rq_chat_parser_free(struct rq_chat_parser * parser);
 char * rq_chat_parse(const struct rq_chat_parser * parser, const char * text, bool partial, char ** error);
+
+// Upstream's reasoning-budget sampler (common/reasoning-budget.h, what llama-server's
+// --reasoning-budget and "reasoning_budget_tokens" use): once the `start` tag has been
+// generated (or was in the `prefill` tokens the template wrote after the last message),
+// `budget` tokens pass; then `message` and the first of the `ends` tags are forced.  Any
+// end tag generated earlier ends the block.  Tags are tokenized with special tokens.
+// NULL on failure (*error set); free with llama_sampler_free, or let a chain own it.
+struct llama_sampler * rq_reasoning_budget_new(const struct llama_vocab * vocab, const char * start,
+                                               const char * const * ends, size_t n_ends, const char * message,
+                                               int32_t budget, const int32_t * prefill, size_t n_prefill,
+                                               char ** error);
 
 // GBNF for a JSON schema (upstream's converter, as the server's "json_schema" uses).
 char * rq_json_schema_to_grammar(const char * schema_json, char ** error);

@@ -68,6 +68,8 @@ class ChatPrompt:
     stops: tuple[str, ...]
     generation_prompt: str             # what the template put after the last message
     parser: Mapping                    # the input of ReplyParser
+    thinking_start_tag: str = ""       # the reasoning block's tags ("" / (): the template has none)
+    thinking_end_tags: tuple[str, ...] = ()
 
 
 class ChatTemplate:
@@ -110,7 +112,9 @@ class ChatTemplate:
                           trigger_patterns=tuple(out["trigger_patterns"]),
                           trigger_tokens=tuple(out["trigger_tokens"]),
                           preserved_tokens=frozenset(out["preserved_tokens"]), stops=tuple(out["stops"]),
-                          generation_prompt=out["generation_prompt"], parser=out["parser"])
+                          generation_prompt=out["generation_prompt"], parser=out["parser"],
+                          thinking_start_tag=out["thinking_start_tag"],
+                          thinking_end_tags=tuple(out["thinking_end_tags"]))
 
     def close(self) -> None:
         if self._ptr is not None and self._ptr != ffi.NULL:

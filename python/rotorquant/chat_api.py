@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping, Sequence
 
-from ._checks import _locked, _positive_int
+from ._checks import _alternatives, _locked, _positive_int
 from .chat import ChatPrompt, ChatTemplate, ReplyParser
 from .completion import chat_chunks, chat_completion
 from .media import split_media
-from .sampling import Grammar
+from .sampling import Grammar, ReasoningBudget
 
 
 class ChatMixin:
@@ -46,6 +46,7 @@ class ChatMixin:
                                logprobs: bool = False, top_logprobs: int | None = None,
                                reasoning_format: str = "deepseek", enable_thinking: bool = True,
                                reasoning_effort: str | None = None,
+                               reasoning_budget: int | None = None, reasoning_budget_message: str = "",
                                chat_template_kwargs: Mapping | None = None,
                                continue_final_message: bool | str | None = None,
                                **sampling) -> dict | Iterator[dict]:
@@ -56,7 +57,11 @@ class ChatMixin:
         trigger on, and the reply comes back parsed into ``message["tool_calls"]``
         (``finish_reason: "tool_calls"``).  Text in the template's thinking tags goes to
         ``message["reasoning_content"]`` (``reasoning_format="none"`` leaves it in the
-        content).  ``response_format`` as OpenAI's (``{"type": "json_object"}``, optionally
+        content).  ``reasoning_budget=N`` lets at most N tokens into that block, then forces
+        ``reasoning_budget_message`` and the end tag (upstream's reasoning-budget sampler, as
+        llama-server's ``--reasoning-budget``; 0 skips the thinking, ``None`` or -1 sets no
+        limit; a template without thinking tags ignores it; what the template itself
+        writes after an opening tag is not counted).  ``response_format`` as OpenAI's (``{"type": "json_object"}``, optionally
         with ``"schema"``, or ``{"type": "json_schema", "json_schema": {"schema": ...}}``)
         constrains the reply to JSON; ``grammar=`` (GBNF) to a grammar.  ``max_tokens=None``
         runs until the model stops or the context is full.  ``logprobs=True`` (with
@@ -72,12 +77,14 @@ class ChatMixin:
         if top_logprobs is not None:
             if not logprobs:
                 raise ValueError("top_logprobs needs logprobs=True")
-            _positive_int("top_logprobs", top_logprobs, minimum=0)
-            if top_logprobs > 20:
-                raise ValueError(f"top_logprobs must be at most 20, not {top_logprobs}")
+            _alternatives("top_logprobs", top_logprobs)
         n_top = (top_logprobs or 0) if logprobs else None
-        if max_tokens is not None:
-            _positive_int("max_tokens", max_tokens, minimum=0)
+        if reasoning_budget == -1:
+            reasoning_budget = None  # the server's "no budget"
+        if reasoning_budget is not None:
+            _positive_int("reasoning_budget", reasoning_budget, minimum=0)
+        if not isinstance(reasoning_budget_message, str):
+            raise TypeError(f"reasoning_budget_message must be a string, not {type(reasoning_budget_message).__name__}")
         stops = (stop,) if isinstance(stop, str) else tuple(stop)
         messages, media = self._media_messages(messages)
         cp = self._chat_template().render(
@@ -95,10 +102,14 @@ class ChatMixin:
         else:
             tokens = self._prompt_tokens(cp.prompt, parse_special=True)
         grammar = self._chat_grammar(cp, root if user_grammar else "root")
+        budget = None
+        if reasoning_budget is not None and cp.thinking_start_tag and cp.thinking_end_tags:
+            budget = ReasoningBudget(reasoning_budget, cp.thinking_start_tag, cp.thinking_end_tags,
+                                     reasoning_budget_message, self._generation_prefill(cp))
         n_prompt, steps = self._start(tokens, self.n_ctx if max_tokens is None else max_tokens,
                                       stops + cp.stops, sampling, top_logprobs=n_top, grammar=grammar,
                                       special=cp.preserved_tokens,
-                                      marks=() if media else self._end_of_messages(tokens, cp))
+                                      marks=() if media else self._end_of_messages(tokens, cp), budget=budget)
         parser = ReplyParser(cp.parser)
         model = os.path.basename(self.model_path)
         if stream:
@@ -136,14 +147,19 @@ class ChatMixin:
         message (as upstream's sampler does: the grammar begins with that text)."""
         if not cp.grammar:
             return None
-        prefill: tuple[int, ...] = ()
-        if not cp.grammar_lazy and cp.generation_prompt:
-            toks = self.tokenize(cp.generation_prompt, add_special=False, parse_special=True)
-            # some tokenizers put a space token first, which the template did not write
-            if toks and self._piece(toks[0], True)[:1].isspace() and not cp.generation_prompt[:1].isspace():
-                toks = toks[1:]
-            prefill = tuple(toks)
+        prefill = () if cp.grammar_lazy else self._generation_prefill(cp)
         return Grammar(cp.grammar, root, cp.grammar_lazy, cp.trigger_patterns, cp.trigger_tokens, prefill)
+
+    def _generation_prefill(self, cp: ChatPrompt) -> tuple[int, ...]:
+        """The tokens of what the template wrote after the last message (upstream feeds
+        them to the grammar and the reasoning budget, which start past them)."""
+        if not cp.generation_prompt:
+            return ()
+        toks = self.tokenize(cp.generation_prompt, add_special=False, parse_special=True)
+        # some tokenizers put a space token first, which the template did not write
+        if toks and self._piece(toks[0], True)[:1].isspace() and not cp.generation_prompt[:1].isspace():
+            toks = toks[1:]
+        return tuple(toks)
 
 
 def _response_schema(response_format: Mapping | None) -> Mapping | None:

@@ -22,13 +22,13 @@ from ._native import ffi, lib
 from .errors import ContextError, DecodeError, ModelLoadError
 from .gguf_check import check_gguf_path
 from .kvpolicy import locate as _kv_locate
-from ._checks import _locked, _positive_int
+from ._checks import _alternatives, _locked, _positive_int
 from .chat_api import ChatMixin
 from .checkpoints import Checkpoints
 from .media import Chunks, Projector
 from .completion import Step, completion, completion_chunks
 from .placement import Placement
-from .sampling import Grammar, SamplerChain, Sampling, logprobs
+from .sampling import Grammar, ReasoningBudget, SamplerChain, Sampling, logprobs
 
 _FLASH_ATTN = {
     "auto": lib.LLAMA_FLASH_ATTN_TYPE_AUTO,
@@ -550,9 +550,7 @@ class Llama(ChatMixin):
         Other arguments as :meth:`generate`.
         """
         if logprobs is not None:
-            _positive_int("logprobs", logprobs, minimum=0)
-            if logprobs > 20:
-                raise ValueError(f"logprobs must be at most 20, not {logprobs}")
+            _alternatives("logprobs", logprobs)
         n_prompt, steps = self._start(self._prompt_tokens(prompt), max_tokens, stop, sampling,
                                       top_logprobs=logprobs)
         model = os.path.basename(self.model_path)
@@ -574,7 +572,8 @@ class Llama(ChatMixin):
 
     def _start(self, tokens: list[int] | Chunks, max_tokens: int, stop, sampling: dict,
                top_logprobs: int | None = None, grammar: Grammar | None = None,
-               special: frozenset = frozenset(), marks: tuple[int, ...] = ()) -> tuple[int, Iterator[Step]]:
+               special: frozenset = frozenset(), marks: tuple[int, ...] = (),
+               budget: ReasoningBudget | None = None) -> tuple[int, Iterator[Step]]:
         """Check everything, then return the prompt's length in tokens and the (lazy)
         generation; errors surface here, not at the first step.  ``special``: token ids
         whose text is rendered although they are control tokens (a chat template's
@@ -588,7 +587,7 @@ class Llama(ChatMixin):
             if sampling.get("seed") is None and self.seed is not None:
                 sampling = dict(sampling, seed=self.seed)
             settings = Sampling(**sampling)
-            chain = SamplerChain(settings, self._vocab, self.n_vocab, self.n_ctx, grammar)
+            chain = SamplerChain(settings, self._vocab, self.n_vocab, self.n_ctx, grammar, budget)
         except BaseException:
             if isinstance(tokens, Chunks):
                 tokens.close()

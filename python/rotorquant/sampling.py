@@ -8,7 +8,8 @@ settings pick the same tokens as ``llama-cli``/``llama-server``:
     -> XTC -> temperature -> dist            (or mirostat 1/2 after the temperature;
                                               greedy when temperature <= 0)
 
-A GBNF grammar runs in front of the whole chain.  The prompt's tokens are fed to the
+A GBNF grammar runs in front of the whole chain, and a reasoning budget in front of that
+(as in upstream's ``common_sampler``: it forces the end of a thinking block).  The prompt's tokens are fed to the
 chain (not to the grammar, which constrains only what is generated) so that repetition
 penalties and DRY see the prompt as upstream's server does.
 """
@@ -129,11 +130,25 @@ class Grammar:
     prefill: tuple[int, ...] = ()
 
 
+@dataclass(frozen=True)
+class ReasoningBudget:
+    """At most ``tokens`` generated tokens inside a chat template's reasoning block (from
+    ``start`` to one of ``ends``); then ``message`` and ``ends[0]`` are forced.  ``prefill``:
+    tokens the template already wrote after the last message (it may open the block)."""
+
+    tokens: int
+    start: str
+    ends: tuple[str, ...]
+    message: str = ""
+    prefill: tuple[int, ...] = ()
+
+
 class SamplerChain:
     """The C sampler chain for one generation; ``close()`` frees it (idempotent).
     ``grammar`` replaces ``s.grammar`` (chat completions build theirs from the template)."""
 
-    def __init__(self, s: Sampling, vocab, n_vocab: int, n_ctx: int, grammar: Grammar | None = None):
+    def __init__(self, s: Sampling, vocab, n_vocab: int, n_ctx: int, grammar: Grammar | None = None,
+                 budget: ReasoningBudget | None = None):
         if grammar is None and s.grammar is not None:
             grammar = Grammar(s.grammar, s.grammar_root)
         for tok in s.logit_bias:
@@ -184,18 +199,40 @@ class SamplerChain:
                 add(lib.llama_sampler_init_xtc(s.xtc_probability, s.xtc_threshold, 1, seed))
             add(lib.llama_sampler_init_temp(s.temperature))
             add(lib.llama_sampler_init_dist(seed))
+        front = []  # samplers in front of the inner chain, in order
+        if budget is not None:
+            front.append(self._budget_sampler(budget, vocab))
         if grammar is not None:
             with Capture() as cap:
                 smpl = self._grammar_sampler(grammar, vocab)
             if smpl == ffi.NULL:
+                for smpl in front:
+                    lib.llama_sampler_free(smpl)
                 self.close()
                 raise ValueError(f"grammar could not be parsed (root rule {grammar.root!r})"
                                  + (f": {cap.reason()}" if cap.reason() else ""))
             for tok in grammar.prefill:
                 lib.llama_sampler_accept(smpl, tok)
+            front.append(smpl)
+        if front:
             self._outer = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
-            lib.llama_sampler_chain_add(self._outer, smpl)
+            for smpl in front:
+                lib.llama_sampler_chain_add(self._outer, smpl)
             lib.llama_sampler_chain_add(self._outer, self._inner)  # the outer chain owns it now
+
+    def _budget_sampler(self, b: ReasoningBudget, vocab):
+        ends = [ffi.new("char[]", e.encode()) for e in b.ends]
+        err = ffi.new("char **")
+        smpl = lib.rq_reasoning_budget_new(vocab, b.start.encode(), ffi.new("const char *[]", ends), len(ends),
+                                           b.message.encode(), b.tokens, ffi.new("int32_t[]", b.prefill),
+                                           len(b.prefill), err)
+        if smpl == ffi.NULL:
+            reason = ffi.string(err[0]).decode(errors="replace") if err[0] != ffi.NULL else "unknown error"
+            if err[0] != ffi.NULL:
+                lib.rq_string_free(err[0])
+            self.close()
+            raise ValueError(f"reasoning budget: {reason}")
+        return smpl
 
     def _grammar_sampler(self, g: Grammar, vocab):
         if not g.lazy:
