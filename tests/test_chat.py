@@ -206,6 +206,10 @@ def test_a_reasoning_budget_cuts_the_thinking_and_forces_the_end_tag(smollm2_mod
         raw = reply(reasoning_budget=5, reasoning_budget_message=" Enough.", reasoning_format="none")
         skipped = reply(reasoning_budget=0)
         assert reply(reasoning_budget=-1) == free  # the server's "no budget"
+        # thinking switched off: the template closes the block itself, nothing is forced
+        off = reply(enable_thinking=False, reasoning_format="none")
+        assert reply(enable_thinking=False, reasoning_format="none", reasoning_budget=1,
+                     reasoning_budget_message=" Enough now, really.") == off
         n_reasoning = len(llm.tokenize(cut["reasoning_content"], add_special=False))
     assert free.get("content", "") == "" and len(free["reasoning_content"]) > 20  # all thinking
     assert 0 < n_reasoning <= 5
@@ -243,8 +247,9 @@ def test_bad_chat_requests_raise_errors_that_name_the_problem(tiny_model, smollm
             llm.create_chat_completion(msgs, temprature=0.5)
         with pytest.raises(ChatError, match="grammar"):
             llm.create_chat_completion(msgs, grammar='root ::= "a"', response_format={"type": "json_object"})
-        with pytest.raises(ValueError, match="reasoning_budget"):
-            llm.create_chat_completion(msgs, reasoning_budget=-2)
+        for bad in (-2, 1.5, True, 2**31):
+            with pytest.raises(ValueError, match="reasoning_budget must be None, -1 or an integer"):
+                llm.create_chat_completion(msgs, reasoning_budget=bad)
         with pytest.raises(TypeError, match="reasoning_budget_message"):
             llm.create_chat_completion(msgs, reasoning_budget=3, reasoning_budget_message=None)
     with pytest.raises(ChatError, match="chat template"):

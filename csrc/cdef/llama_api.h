@@ -416,8 +416,7 @@ void rq_chat_parser_free(struct rq_chat_parser * parser);
 char * rq_chat_parse(const struct rq_chat_parser * parser, const char * text, bool partial, char ** error);
 struct llama_sampler * rq_reasoning_budget_new(const struct llama_vocab * vocab, const char * start,
                                                const char * const * ends, size_t n_ends, const char * message,
-                                               int32_t budget, const int32_t * prefill, size_t n_prefill,
-                                               char ** error);
+                                               int32_t budget, const char * generation_prompt, char ** error);
 char * rq_json_schema_to_grammar(const char * schema_json, char ** error);
 
 /* C logs reach Python through this callback (rotorquant/_logging.py). */

@@ -308,17 +308,18 @@ char * rq_json_schema_to_grammar(const char * schema_json, char ** error) {
 
 struct llama_sampler * rq_reasoning_budget_new(const struct llama_vocab * vocab, const char * start,
                                                const char * const * ends, size_t n_ends, const char * message,
-                                               int32_t budget, const llama_token * prefill, size_t n_prefill,
-                                               char ** error) {
+                                               int32_t budget, const char * generation_prompt, char ** error) {
     llama_sampler * smpl = nullptr;
     char * ok = guarded(error, [&]() {
-        if (!vocab || !start || !*start || n_ends == 0 || budget < 0) {
+        if (!vocab || !start || !*start || !ends || n_ends == 0 || budget < 0) {
             throw std::invalid_argument("a reasoning budget needs a vocabulary, a start tag, an end tag and a budget >= 0");
         }
         std::vector<llama_tokens> end_seqs;
+        std::vector<std::string> end_texts;
         for (size_t i = 0; i < n_ends; ++i) {
             if (ends[i] && *ends[i]) {
                 end_seqs.push_back(common_tokenize(vocab, ends[i], false, true));
+                end_texts.emplace_back(ends[i]);
             }
         }
         if (end_seqs.empty()) {
@@ -327,37 +328,29 @@ struct llama_sampler * rq_reasoning_budget_new(const struct llama_vocab * vocab,
         // what is forced when the budget runs out: the message, then the first end tag (as the server)
         llama_tokens forced = message && *message ? common_tokenize(vocab, message, false, true) : llama_tokens();
         forced.insert(forced.end(), end_seqs.front().begin(), end_seqs.front().end());
-        const llama_tokens start_seq = common_tokenize(vocab, start, false, true);
-        smpl = common_reasoning_budget_init(vocab, {start_seq}, end_seqs, forced, budget);
-        // The template may have opened the block already.  What it wrote after an open
-        // tag is not generated and is not counted: upstream counts it, and with a budget of
-        // 0 its forced end tag then loses its first token to that text.
-        const llama_tokens pre(prefill, prefill + n_prefill);
-        const auto find_last = [&](const llama_tokens & seq, size_t from) -> size_t {  // end of the last match, or npos
-            size_t found = std::string::npos;
-            for (size_t i = from; !seq.empty() && i + seq.size() <= pre.size(); ++i) {
-                if (std::equal(seq.begin(), seq.end(), pre.begin() + i)) {
-                    found = i + seq.size();
+        // Where the template left the block, read from its text (the server feeds the
+        // generation prompt's tokens instead; a tag tokenized differently in context is then
+        // missed, a block the template closed can leave forcing pending, and what the template
+        // wrote after an open tag counts against the budget):
+        //   open -> counting from the first generated token, closed -> done, none -> idle.
+        const std::string gen = generation_prompt ? generation_prompt : "";
+        common_reasoning_budget_state state = REASONING_BUDGET_IDLE;
+        const size_t opened = gen.rfind(start);
+        if (opened != std::string::npos) {
+            state = REASONING_BUDGET_COUNTING;
+            for (const auto & e : end_texts) {
+                if (gen.find(e, opened + std::strlen(start)) != std::string::npos) {
+                    state = REASONING_BUDGET_DONE;
                 }
             }
-            return found;
-        };
-        size_t n_feed = pre.size();
-        const size_t opened = find_last(start_seq, 0);
-        if (opened != std::string::npos) {
-            bool closed = false;
-            for (const auto & e : end_seqs) {
-                closed = closed || find_last(e, opened) != std::string::npos;
-            }
-            if (!closed) {
-                n_feed = opened;
-            }
         }
-        for (size_t i = 0; i < n_feed; ++i) {
-            llama_sampler_accept(smpl, pre[i]);
-        }
+        smpl = common_reasoning_budget_init(vocab, {common_tokenize(vocab, start, false, true)}, end_seqs, forced, budget, state);
         return std::string();
     });
+    if (!ok && smpl) {
+        llama_sampler_free(smpl);
+        smpl = nullptr;
+    }
     std::free(ok);
     return smpl;
 }

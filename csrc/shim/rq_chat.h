@@ -47,15 +47,16 @@ void rq_chat_parser_free(struct rq_chat_parser * parser);
 char * rq_chat_parse(const struct rq_chat_parser * parser, const char * text, bool partial, char ** error);
 
 // Upstream's reasoning-budget sampler (common/reasoning-budget.h, what llama-server's
-// --reasoning-budget and "reasoning_budget_tokens" use): once the `start` tag has been
-// generated (or was in the `prefill` tokens the template wrote after the last message),
-// `budget` tokens pass; then `message` and the first of the `ends` tags are forced.  Any
-// end tag generated earlier ends the block.  Tags are tokenized with special tokens.
-// NULL on failure (*error set); free with llama_sampler_free, or let a chain own it.
+// --reasoning-budget and "reasoning_budget_tokens" use): inside a block opened by the
+// `start` tag, `budget` generated tokens pass (a UTF-8 character in progress is finished),
+// then `message` and the first of the `ends` tags are forced; any end tag generated earlier
+// ends the block.  Whether the template's `generation_prompt` (the text it wrote after the
+// last message) left a block open, closed or none is read from that text, so what the
+// template wrote is never counted.  Tags are tokenized with special tokens.  NULL on
+// failure (*error set); free with llama_sampler_free, or let a chain own it.
 struct llama_sampler * rq_reasoning_budget_new(const struct llama_vocab * vocab, const char * start,
                                                const char * const * ends, size_t n_ends, const char * message,
-                                               int32_t budget, const int32_t * prefill, size_t n_prefill,
-                                               char ** error);
+                                               int32_t budget, const char * generation_prompt, char ** error);
 
 // GBNF for a JSON schema (upstream's converter, as the server's "json_schema" uses).
 char * rq_json_schema_to_grammar(const char * schema_json, char ** error);

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping, Sequence
 
-from ._checks import _alternatives, _locked, _positive_int
+from ._checks import _alternatives, _locked
 from .chat import ChatPrompt, ChatTemplate, ReplyParser
 from .completion import chat_chunks, chat_completion
 from .media import split_media
@@ -57,11 +57,13 @@ class ChatMixin:
         trigger on, and the reply comes back parsed into ``message["tool_calls"]``
         (``finish_reason: "tool_calls"``).  Text in the template's thinking tags goes to
         ``message["reasoning_content"]`` (``reasoning_format="none"`` leaves it in the
-        content).  ``reasoning_budget=N`` lets at most N tokens into that block, then forces
-        ``reasoning_budget_message`` and the end tag (upstream's reasoning-budget sampler, as
-        llama-server's ``--reasoning-budget``; 0 skips the thinking, ``None`` or -1 sets no
-        limit; a template without thinking tags ignores it; what the template itself
-        writes after an opening tag is not counted).  ``response_format`` as OpenAI's (``{"type": "json_object"}``, optionally
+        content).  ``reasoning_budget=N`` lets about N generated tokens into that block (a
+        UTF-8 character in progress is finished), then forces ``reasoning_budget_message``
+        and the end tag: upstream's reasoning-budget sampler, as llama-server's
+        ``--reasoning-budget``, except that whether the template's generation prompt opened
+        the block is read from its text and what the template wrote is not counted.  0 skips
+        the thinking, ``None`` or -1 sets no limit, a template without thinking tags ignores
+        it; with ``tools`` it is refused for now.  ``response_format`` as OpenAI's (``{"type": "json_object"}``, optionally
         with ``"schema"``, or ``{"type": "json_schema", "json_schema": {"schema": ...}}``)
         constrains the reply to JSON; ``grammar=`` (GBNF) to a grammar.  ``max_tokens=None``
         runs until the model stops or the context is full.  ``logprobs=True`` (with
@@ -79,10 +81,11 @@ class ChatMixin:
                 raise ValueError("top_logprobs needs logprobs=True")
             _alternatives("top_logprobs", top_logprobs)
         n_top = (top_logprobs or 0) if logprobs else None
+        if reasoning_budget is not None and (isinstance(reasoning_budget, bool) or not isinstance(reasoning_budget, int)
+                                             or not -1 <= reasoning_budget < 2**31):
+            raise ValueError(f"reasoning_budget must be None, -1 or an integer >= 0, not {reasoning_budget!r}")
         if reasoning_budget == -1:
             reasoning_budget = None  # the server's "no budget"
-        if reasoning_budget is not None:
-            _positive_int("reasoning_budget", reasoning_budget, minimum=0)
         if not isinstance(reasoning_budget_message, str):
             raise TypeError(f"reasoning_budget_message must be a string, not {type(reasoning_budget_message).__name__}")
         stops = (stop,) if isinstance(stop, str) else tuple(stop)
@@ -105,7 +108,7 @@ class ChatMixin:
         budget = None
         if reasoning_budget is not None and cp.thinking_start_tag and cp.thinking_end_tags:
             budget = ReasoningBudget(reasoning_budget, cp.thinking_start_tag, cp.thinking_end_tags,
-                                     reasoning_budget_message, self._generation_prefill(cp))
+                                     reasoning_budget_message, cp.generation_prompt)
         n_prompt, steps = self._start(tokens, self.n_ctx if max_tokens is None else max_tokens,
                                       stops + cp.stops, sampling, top_logprobs=n_top, grammar=grammar,
                                       special=cp.preserved_tokens,
@@ -152,7 +155,7 @@ class ChatMixin:
 
     def _generation_prefill(self, cp: ChatPrompt) -> tuple[int, ...]:
         """The tokens of what the template wrote after the last message (upstream feeds
-        them to the grammar and the reasoning budget, which start past them)."""
+        them to the grammar, which starts past them)."""
         if not cp.generation_prompt:
             return ()
         toks = self.tokenize(cp.generation_prompt, add_special=False, parse_special=True)

@@ -132,15 +132,16 @@ class Grammar:
 
 @dataclass(frozen=True)
 class ReasoningBudget:
-    """At most ``tokens`` generated tokens inside a chat template's reasoning block (from
-    ``start`` to one of ``ends``); then ``message`` and ``ends[0]`` are forced.  ``prefill``:
-    tokens the template already wrote after the last message (it may open the block)."""
+    """About ``tokens`` generated tokens inside a chat template's reasoning block (from
+    ``start`` to one of ``ends``; a UTF-8 character in progress is finished), then
+    ``message`` and ``ends[0]`` are forced.  ``generation_prompt``: what the template wrote
+    after the last message, which may have opened (or opened and closed) the block."""
 
     tokens: int
     start: str
     ends: tuple[str, ...]
     message: str = ""
-    prefill: tuple[int, ...] = ()
+    generation_prompt: str = ""
 
 
 class SamplerChain:
@@ -199,38 +200,44 @@ class SamplerChain:
                 add(lib.llama_sampler_init_xtc(s.xtc_probability, s.xtc_threshold, 1, seed))
             add(lib.llama_sampler_init_temp(s.temperature))
             add(lib.llama_sampler_init_dist(seed))
-        front = []  # samplers in front of the inner chain, in order
-        if budget is not None:
-            front.append(self._budget_sampler(budget, vocab))
-        if grammar is not None:
-            with Capture() as cap:
-                smpl = self._grammar_sampler(grammar, vocab)
-            if smpl == ffi.NULL:
-                for smpl in front:
-                    lib.llama_sampler_free(smpl)
-                self.close()
-                raise ValueError(f"grammar could not be parsed (root rule {grammar.root!r})"
-                                 + (f": {cap.reason()}" if cap.reason() else ""))
-            for tok in grammar.prefill:
-                lib.llama_sampler_accept(smpl, tok)
-            front.append(smpl)
+        front = []  # samplers in front of the inner chain, in order; ours until the chain owns them
+        try:
+            if budget is not None:
+                if grammar is not None and grammar.lazy:
+                    # upstream keeps a lazy grammar off while a budget counts or forces; a
+                    # grammar triggered inside the block would reject the forced end tag
+                    raise ValueError("a reasoning budget cannot be combined with tools or other lazy grammars yet")
+                front.append(self._budget_sampler(budget, vocab))
+            if grammar is not None:
+                with Capture() as cap:
+                    smpl = self._grammar_sampler(grammar, vocab)
+                if smpl == ffi.NULL:
+                    raise ValueError(f"grammar could not be parsed (root rule {grammar.root!r})"
+                                     + (f": {cap.reason()}" if cap.reason() else ""))
+                front.append(smpl)
+                for tok in grammar.prefill:
+                    lib.llama_sampler_accept(smpl, tok)
+        except BaseException:
+            for smpl in front:
+                lib.llama_sampler_free(smpl)
+            self.close()
+            raise
         if front:
             self._outer = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
             for smpl in front:
                 lib.llama_sampler_chain_add(self._outer, smpl)
             lib.llama_sampler_chain_add(self._outer, self._inner)  # the outer chain owns it now
 
-    def _budget_sampler(self, b: ReasoningBudget, vocab):
+    @staticmethod
+    def _budget_sampler(b: ReasoningBudget, vocab):
         ends = [ffi.new("char[]", e.encode()) for e in b.ends]
         err = ffi.new("char **")
         smpl = lib.rq_reasoning_budget_new(vocab, b.start.encode(), ffi.new("const char *[]", ends), len(ends),
-                                           b.message.encode(), b.tokens, ffi.new("int32_t[]", b.prefill),
-                                           len(b.prefill), err)
+                                           b.message.encode(), b.tokens, b.generation_prompt.encode(), err)
         if smpl == ffi.NULL:
             reason = ffi.string(err[0]).decode(errors="replace") if err[0] != ffi.NULL else "unknown error"
             if err[0] != ffi.NULL:
                 lib.rq_string_free(err[0])
-            self.close()
             raise ValueError(f"reasoning budget: {reason}")
         return smpl
 
