@@ -12,6 +12,7 @@ import pytest
 
 from ggml_ops import OURS, attention, decode, device_names, encode, gtype, nmse, run
 from rotorquant._native import ffi, lib
+from rotorquant.kvpolicy.fakequant import hadamard
 
 CUDA = "CUDA0"
 pytestmark = [
@@ -51,14 +52,6 @@ def test_set_rows_writes_the_cpu_bytes(t):
     assert got == bytes(want)
 
 
-def sylvester(n: int) -> np.ndarray:
-    """The normalised Walsh-Hadamard matrix upstream's `attn_rot` multiplies K and V by."""
-    h = np.ones((1, 1), np.float32)
-    while h.shape[0] < n:
-        h = np.block([[h, h], [h, -h]])
-    return (h / np.sqrt(n)).astype(np.float32)
-
-
 @pytest.mark.parametrize("t", OURS)
 @pytest.mark.parametrize("n", [64, 128, 256, 512])
 def test_the_hadamard_pre_rotation_fused_into_the_store_writes_the_cpu_bytes(t, n):
@@ -72,7 +65,7 @@ def test_the_hadamard_pre_rotation_fused_into_the_store_writes_the_cpu_bytes(t, 
     def build(b, read_transform=False):
         cache = b.tensor(t, (d, 64), zeros)
         chunks = lib.ggml_reshape_2d(b.ctx, b.tensor("f32", (d, n_rows), x), n, d * n_rows // n)
-        hx = lib.ggml_mul_mat(b.ctx, b.tensor("f32", (n, n), sylvester(n)), chunks)
+        hx = lib.ggml_mul_mat(b.ctx, b.tensor("f32", (n, n), hadamard(n)), chunks)
         lib.ggml_mul_mat_set_hint(hx, lib.GGML_HINT_SRC0_IS_HADAMARD)
         b.uploads.append((hx, bytes(lib.ggml_nbytes(hx))))  # zeros, unless the MUL_MAT runs
         node = lib.ggml_set_rows(b.ctx, cache, lib.ggml_reshape_2d(b.ctx, hx, d, n_rows), b.tensor("i64", (n_rows,), ids))
@@ -82,7 +75,7 @@ def test_the_hadamard_pre_rotation_fused_into_the_store_writes_the_cpu_bytes(t, 
     assert got == run("CPU", build)
     assert not any(run(CUDA, lambda b: build(b, read_transform=True)))  # fused: the MUL_MAT itself never ran
     stored = decode(got, t, (64, d))[ids]
-    rotated = (x.reshape(-1, n) @ sylvester(n)).reshape(n_rows, d)
+    rotated = (x.reshape(-1, n) @ hadamard(n)).reshape(n_rows, d)
     assert nmse(stored, rotated) < 0.1 < nmse(stored, x)  # the transform was applied
 
 

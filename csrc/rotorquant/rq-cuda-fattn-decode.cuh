@@ -132,13 +132,13 @@ __device__ __forceinline__ uint32_t u16_at(const uint32_t * rw, const int w0, co
 // selects from, so a 16-bit selector of four 3-bit codes gives four levels at once.
 constexpr float RQ3_I8_SCALE = 327.36f;
 
-// Levels as bytes (bias 0: signed, for dp4a; bias 128: unsigned, for the float trick of
-// rq3_bytes_to_float), bytes 0-3 in lv[0], 4-7 in lv[1].
-__device__ __forceinline__ void rq3_level_bytes(const int bias, uint32_t lv[2]) {
+// The levels as signed bytes (for dp4a), bytes 0-3 in lv[0], 4-7 in lv[1].  Flipping each
+// byte's top bit adds 128: the unsigned form rq3_byte_to_float reads.
+__device__ __forceinline__ void rq3_level_bytes(uint32_t lv[2]) {
     lv[0] = lv[1] = 0;
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-        const uint32_t b = (uint32_t) (__float2int_rn(rq_levels3[k]*RQ3_I8_SCALE) + bias) & 0xFFu;
+        const uint32_t b = (uint32_t) __float2int_rn(rq_levels3[k]*RQ3_I8_SCALE) & 0xFFu;
         lv[k / 4] |= b << (8*(k % 4));
     }
 }
@@ -274,9 +274,8 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
     float * sRed   = sP + T*GP;         // [4][GP] per-warp partial max / sum
     float * sAlpha = sRed + 4*GP;       // [GP] rescale factor of this tile
     float * sSlope = sAlpha + GP;       // [GP] ALiBi slopes
-    float * sLK    = sSlope + GP;       // [16] K levels
-    float * sLV    = sLK + 16;          // [16] V levels
-    char  * sTiles = (char *) (sLV + 16); // [RQ_FA_STAGES][T rows of K, then T rows of V if staged]
+    float * sL4    = sSlope + GP;       // [16] 4-bit levels (4-bit K and V; 3-bit ones are in registers)
+    char  * sTiles = (char *) (sL4 + 16); // [RQ_FA_STAGES][T rows of K, then T rows of V if staged]
     static_assert(4*decode_smem_floats(D, KBITS, GP) % 16 == 0, "tiles must start 16-byte aligned");
 
     const int tid = threadIdx.x, lane = tid % WARP_SIZE, warp = tid / WARP_SIZE;
@@ -306,12 +305,12 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
     }
 
     if (tid < 16) {
-        sLK[tid] = rq_levels4[tid];
-        sLV[tid] = rq_levels4[tid];
+        sL4[tid] = rq_levels4[tid];
     }
-    uint32_t lk3[2], lv3[2];  // 3-bit levels as bytes: signed for dp4a, biased for V
-    rq3_level_bytes(0, lk3);
-    rq3_level_bytes(128, lv3);
+    uint32_t lk3[2], lv3[2];  // 3-bit levels as bytes: signed for dp4a, biased by 128 for V
+    rq3_level_bytes(lk3);
+    lv3[0] = lk3[0] ^ 0x80808080u;
+    lv3[1] = lk3[1] ^ 0x80808080u;
     if (tid < GP) {
         sSlope[tid] = tid < p.gqa ? get_alibi_slope(p.max_bias, hq0 + tid, p.n_head_log2, p.m0, p.m1) : 1.0f;
     }
@@ -453,7 +452,7 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
 #pragma unroll
                     for (int j = 0; j < 8; ++j) {
                         float w[8];
-                        rq4_slot_levels(u16_at(rw, w0, o + 2 + 4*j) | (u16_at(rw, w0, o + 4 + 4*j) << 16), sLK, w);
+                        rq4_slot_levels(u16_at(rw, w0, o + 2 + 4*j) | (u16_at(rw, w0, o + 4 + 4*j) << 16), sL4, w);
 #pragma unroll
                         for (int h = 0; h < GP; ++h) {
                             const float4 qa = *(const float4 *) &sQ[h*D + b*RQ_QK + 8*j];
@@ -530,7 +529,7 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
         };
         const auto accumulate = [&](const rq_v_raw & raw, const int r) {
             float w[8];
-            const float vs = rq_v_values<VK>(raw, v_slot, sLV, lv3, w);
+            const float vs = rq_v_values<VK>(raw, v_slot, sL4, lv3, w);
 #pragma unroll
             for (int h = 0; h < HG; ++h) {
                 const float ph = vs*sP[r*GP + v_hg*HG + h];

@@ -47,14 +47,14 @@ __host__ __device__ constexpr int row_pitch(const int row_bytes) {
 }
 
 // 3-bit keys are scored with integer dot products (dp4a): the query as 16-bit integers,
-// split into high and low bytes, against 8-bit images of the levels (rq_i8_levels3).
+// split into high and low bytes, against 8-bit images of the levels (RQ3_I8_SCALE).
 __host__ __device__ constexpr bool k_dp4a(const int kbits) { return kbits == 3; }
 
 // Dynamic shared memory of one block: f32 queries (later the output), the integer queries
 // and their per-block maxima (3-bit keys), probabilities and bookkeeping, then
 // RQ_FA_STAGES tiles of K rows (and of V rows where V is a rotor type).
 __host__ __device__ constexpr int decode_smem_floats(const int D, const int kbits, const int gp) {
-    return gp*D + (k_dp4a(kbits) ? gp*D/2 + gp*(D/RQ_QK) : 0) + RQ_FA_THREADS*gp + 4*gp + 2*gp + 32;
+    return gp*D + (k_dp4a(kbits) ? gp*D/2 + gp*(D/RQ_QK) : 0) + RQ_FA_THREADS*gp + 4*gp + 2*gp + 16;
 }
 __host__ __device__ constexpr int decode_stage_bytes(const int D, const int kbits, const int vk) {
     return RQ_FA_THREADS*(row_pitch(rotor_row_bytes(D, kbits)) + (v_staged(vk) ? row_pitch(rotor_row_bytes(D, v_bits(vk))) : 0));

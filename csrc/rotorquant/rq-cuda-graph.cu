@@ -16,6 +16,7 @@
 // ids are a graph input.
 #include "rq-cuda.h"
 
+#include "fwht.cuh"
 #include "ggml-impl.h"
 
 #include <algorithm>
@@ -25,16 +26,13 @@ namespace {
 
 constexpr int RQ_FUSE_LOOKAHEAD = 48;  // nodes searched for the consumer (V: ~11 in a Llama layer)
 
+// A MUL_MAT that upstream runs as fwht_cuda, on F32 input of a size our kernel has.
 bool is_hadamard_mul_mat(const ggml_tensor * t) {
-    if (t->op != GGML_OP_MUL_MAT || ggml_get_op_params_i32(t, 1) != GGML_HINT_SRC0_IS_HADAMARD) {
+    if (!ggml_cuda_op_mul_mat_use_fwht(t) || t->src[1]->type != GGML_TYPE_F32) {
         return false;
     }
-    const ggml_tensor * h = t->src[0];
-    const ggml_tensor * x = t->src[1];
-    const int64_t n = h->ne[0];
-    return h->type == GGML_TYPE_F32 && x->type == GGML_TYPE_F32 && t->type == GGML_TYPE_F32 &&
-           (n == 64 || n == 128 || n == 256 || n == 512) && ggml_is_contiguous(x) && ggml_is_contiguous(t) &&
-           ggml_are_same_shape(x, t);
+    const int64_t n = t->src[0]->ne[0];
+    return n == 64 || n == 128 || n == 256 || n == 512;
 }
 
 bool is_view(const ggml_tensor * t) {

@@ -63,9 +63,9 @@ class ChatMixin:
         ``--reasoning-budget``, except that whether the template's generation prompt opened
         the block is read from its text and what the template wrote is not counted.  0 skips
         the thinking, ``None`` or -1 sets no limit, a template without thinking tags ignores
-        it; with ``tools`` it is refused for now.  ``response_format`` as OpenAI's (``{"type": "json_object"}``, optionally
-        with ``"schema"``, or ``{"type": "json_schema", "json_schema": {"schema": ...}}``)
-        constrains the reply to JSON; ``grammar=`` (GBNF) to a grammar.  ``max_tokens=None``
+        it; with ``tools`` it is refused for now.  ``response_format`` as OpenAI's
+        (``{"type": "json_object"}``, optionally with ``"schema"``, or
+        ``{"type": "json_schema", "json_schema": {"schema": ...}}``) constrains the reply to JSON; ``grammar=`` (GBNF) to a grammar.  ``max_tokens=None``
         runs until the model stops or the context is full.  ``logprobs=True`` (with
         ``top_logprobs=N`` alternatives) adds OpenAI's ``logprobs.content`` list.  With
         ``stream=True`` an iterator of ``chat.completion.chunk`` dicts is returned, each

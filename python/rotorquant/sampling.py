@@ -9,9 +9,9 @@ settings pick the same tokens as ``llama-cli``/``llama-server``:
                                               greedy when temperature <= 0)
 
 A GBNF grammar runs in front of the whole chain, and a reasoning budget in front of that
-(as in upstream's ``common_sampler``: it forces the end of a thinking block).  The prompt's tokens are fed to the
-chain (not to the grammar, which constrains only what is generated) so that repetition
-penalties and DRY see the prompt as upstream's server does.
+(as in upstream's ``common_sampler``: it forces the end of a thinking block).  The
+prompt's tokens are fed to the chain (not to the grammar, which constrains only what is
+generated) so that repetition penalties and DRY see the prompt as upstream's server does.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 
 from ._logging import Capture
 from ._native import ffi, lib
+from .chat import _reason
 
 _UINT32_MAX = 0xFFFFFFFF
 DRY_BREAKERS = ("\n", ":", "\"", "*")  # upstream's default sequence breakers
@@ -235,10 +236,7 @@ class SamplerChain:
         smpl = lib.rq_reasoning_budget_new(vocab, b.start.encode(), ffi.new("const char *[]", ends), len(ends),
                                            b.message.encode(), b.tokens, b.generation_prompt.encode(), err)
         if smpl == ffi.NULL:
-            reason = ffi.string(err[0]).decode(errors="replace") if err[0] != ffi.NULL else "unknown error"
-            if err[0] != ffi.NULL:
-                lib.rq_string_free(err[0])
-            raise ValueError(f"reasoning budget: {reason}")
+            raise ValueError(f"reasoning budget: {_reason(err)}")
         return smpl
 
     def _grammar_sampler(self, g: Grammar, vocab):
