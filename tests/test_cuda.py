@@ -162,6 +162,26 @@ def test_flash_attention_agrees_with_the_cpu(k_type, v_type, n_q, n_kv, d, n_hea
     assert nmse(got, cpu) < bound
 
 
+@pytest.mark.parametrize("mma", ["kv", "k", "v", "none"])
+@pytest.mark.parametrize("k_type, v_type", [("iso3", "iso3"), ("planar3", "f16"), ("planar4", "planar3")])
+@pytest.mark.parametrize("n_kv, d, n_head, n_head_kv", [
+    (77, 64, 8, 8), (1000, 128, 32, 8), (300, 128, 12, 2), (3000, 256, 32, 2), (20000, 128, 32, 8)])
+def test_every_phase_split_of_the_decode_kernel_agrees_with_the_cpu(monkeypatch, mma, k_type, v_type, n_kv, d, n_head, n_head_kv):
+    """3-bit key scores and 3-bit V run on tensor cores unless RQ_CUDA_DECODE_MMA names
+    fewer phases; each split gives the CPU's attention, partial tiles and head groups included
+    (scores: the scalar path's integer sums exactly; V: f16 probabilities times scales)."""
+    monkeypatch.setenv("RQ_CUDA_DECODE_MMA", mma)
+    rng = np.random.default_rng(n_kv + d + 1)
+    q = rng.standard_normal((n_head, 1, d)).astype(np.float32)
+    k = rows(n_head_kv * n_kv, d, seed=7).reshape(n_head_kv, n_kv, d) * 0.3
+    v = rows(n_head_kv * n_kv, d, seed=8).reshape(n_head_kv, n_kv, d)
+    mask = np.zeros((1, n_kv), np.float32)
+    mask[:, rng.choice(n_kv, n_kv // 5, replace=False)] = -np.inf
+    got, _, _ = flash_attn(CUDA, q, k, v, k_type, v_type, mask)
+    cpu, _, _ = flash_attn("CPU", q, k, v, k_type, v_type, mask)
+    assert nmse(got, cpu) < (5e-5 if k_type.endswith("3") else 1e-5)
+
+
 @pytest.mark.parametrize("k_type", ["iso3", "planar4"])
 def test_decode_with_logit_softcap(k_type):
     rng = np.random.default_rng(9)

@@ -7,6 +7,11 @@ on), and each figure is also given as a ratio to f16/f16 of the same run:
     python tools/bench_cuda.py MODEL.gguf [--types f16,q4_0,iso3,planar3,iso4] [--reps 2]
                                [--label "Llama-3.1-8B shape, Q4_K_M"] [--no-long]
 
+A type may name a kernel variant after a colon, run with the environment that selects it:
+``iso3:scalar``, ``iso3:k-mma``, ``iso3:v-mma`` (RQ_CUDA_DECODE_MMA: the decode kernel with
+no phase, only the key scores, only V on tensor cores; default both), ``iso3:no-fusion``
+(GGML_CUDA_DISABLE_FUSION=1: upstream's fusions and ours off).
+
 Tests: pp512, tg128, pp512 and tg128 at depth 16384, tg64 at depth 65536 (``--no-long``
 drops the last).  The table goes to docs/BENCHMARKS.md (section ``cuda-speed-<slug>``).
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import re
 import subprocess
 import sys
@@ -28,17 +34,26 @@ TARGETS = {  # issue 5: iso3/iso3 (and planar3) over f16/f16, same run; upstream
 }
 
 
+VARIANTS = {
+    "scalar": {"RQ_CUDA_DECODE_MMA": "none"}, "k-mma": {"RQ_CUDA_DECODE_MMA": "k"},
+    "v-mma": {"RQ_CUDA_DECODE_MMA": "v"}, "no-fusion": {"GGML_CUDA_DISABLE_FUSION": "1"},
+}
+
+
 def llama_bench() -> Path:
     from rotorquant._native import BIN_DIR
     return Path(BIN_DIR) / "llama-bench"
 
 
 def run_bench(model: Path, cache: str, args: list[str], reps: int) -> dict[str, float]:
+    """cache: a cache type, optionally with a variant (``iso3:scalar``, VARIANTS)."""
+    cache, _, variant = cache.partition(":")
+    env = os.environ | VARIANTS[variant] if variant else None
     cmd = [str(llama_bench()), "-m", str(model), "-ngl", "99", "-fa", "1", "-ctk", cache, "-ctv", cache,
            "-r", str(reps), "-o", "jsonl", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        raise SystemExit(f"llama-bench failed for {cache}:\n{proc.stderr[-2000:]}")
+        raise SystemExit(f"llama-bench failed for {cache}{':' + variant if variant else ''}:\n{proc.stderr[-2000:]}")
     out = {}
     for line in proc.stdout.splitlines():
         if not line.startswith("{"):
@@ -68,6 +83,9 @@ def main() -> int:
     ap.add_argument("--no-long", action="store_true", help="skip tg64 at depth 65536")
     a = ap.parse_args()
     types = a.types.split(",")
+    unknown = sorted({t.partition(":")[2] for t in types} - set(VARIANTS) - {""})
+    if unknown:
+        ap.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     if types[0] != "f16":
         types.insert(0, "f16")
     results: dict[str, dict[str, float]] = {}
@@ -80,7 +98,11 @@ def main() -> int:
 
     tests = [k for k in TARGETS if k in results["f16"]]
     label = a.label or a.model.name
-    head = "| test | " + " | ".join(f"{t}/{t}" for t in types) + " | target (iso3/planar3) |"
+    def column(t: str) -> str:
+        cache, _, variant = t.partition(":")
+        return f"{cache}/{cache}" + (f" ({variant})" if variant else "")
+
+    head = "| test | " + " | ".join(column(t) for t in types) + " | target (iso3/planar3) |"
     lines = [
         f"## CUDA speed: {label}",
         "",

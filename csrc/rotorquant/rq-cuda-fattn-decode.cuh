@@ -13,6 +13,9 @@
 //   V: p * s_b * levels[k] is accumulated in the rotated basis; R^T is applied once to the
 //      output row (the rotation is linear and the same for every token).
 // Scores, probabilities and accumulators are f32; the online softmax is the usual one.
+// On sm_80 and newer both phases of 3-bit types run on tensor cores (mma.sync): the key
+// scores as int8 x int8 products of the same bytes (the same integer sums), V as f16
+// level images times f16 probabilities; elsewhere they are the scalar code described next.
 //
 // Work split: the KV range of a block is walked in tiles of 128 rows.  The tile's K rows
 // (and V rows, for rotor V) are copied to shared memory asynchronously while the previous
@@ -57,21 +60,36 @@ __device__ __forceinline__ void copy_wait() {
 }
 
 // Copy n_rows rows of RB bytes, nb bytes apart in global memory, to shared memory rows
-// row_pitch(RB) apart.  Consecutive threads take consecutive words of a row, so a warp's
-// copies touch few sectors.  async4: 32-bit asynchronous copies; else 16-bit plain ones
-// (rows of 26 or 34 bytes are only 2-byte aligned).
+// row_pitch(RB) apart.  async4: 32-bit asynchronous copies, a lane per word of a row (the
+// lanes of a warp take whole rows, so its copies touch few sectors, and each lane's next
+// row is two pointer increments away: with tensor-core phases, index arithmetic per copied
+// word was a third of the kernel's instructions); else 16-bit plain ones (rows of 26 or 34
+// bytes are only 2-byte aligned).
 template <int RB>
 __device__ __forceinline__ void stage_rows(char * dst, const char * src, const int64_t nb, const int n_rows, const bool async4) {
     constexpr int P = row_pitch(RB);
     constexpr int T = RQ_FA_THREADS;
     if constexpr (RB % 4 == 0) {
         if (async4) {
-            constexpr int W = RB/4;
-            // not unrolled: hoisted addresses of every copy would cost a register each
-#pragma unroll 1
-            for (int u = threadIdx.x; u < n_rows*W; u += T) {
-                const int r = u / W, w = u % W;
-                copy_async4(dst + r*P + 4*w, src + r*nb + 4*w);
+            constexpr int W    = RB/4;                               // words of a row
+            constexpr int LW   = W <= 8 ? 8 : W <= 16 ? 16 : 32;    // lanes of a row
+            constexpr int WPL  = (W + LW - 1)/LW;                   // words per lane (rows > 128 bytes: 2)
+            constexpr int RPI  = WARP_SIZE/LW;                      // rows per warp instruction
+            constexpr int STEP = (T/WARP_SIZE)*RPI;                 // rows per block instruction
+            const int lane = threadIdx.x % WARP_SIZE, w = lane % LW;
+            int r = (threadIdx.x / WARP_SIZE)*RPI + lane / LW;
+            char * d = dst + r*P + 4*w;
+            const char * g = src + r*nb + 4*w;
+#pragma unroll 4
+            for (; r < n_rows; r += STEP) {
+#pragma unroll
+                for (int k = 0; k < WPL; ++k) {
+                    if (w + k*LW < W) {
+                        copy_async4(d + 4*k*LW, g + 4*k*LW);
+                    }
+                }
+                d += STEP*P;
+                g += STEP*nb;
             }
             return;
         }
@@ -246,8 +264,86 @@ __device__ __forceinline__ float rq_v_values(const rq_v_raw & r, const int slot,
 }
 
 
-template <int D, int KBITS, int VK, int GP>
-__launch_bounds__(RQ_FA_THREADS, GP <= 4 ? 4 : GP <= 8 ? 3 : 2)
+// ---- 3-bit V on tensor cores -------------------------------------------------------------
+//
+// The V phase of a tile is O^T (dims x heads) += V~^T (dims x rows) . P'^T (rows x heads),
+// one mma.m16n8k16 (f16 in, f32 accumulators) per 16 dims x 16 rows x 8 heads; a scalar
+// thread instead does one multiply-add per value and head, which made V two thirds of the
+// kernel's instructions.  A warp takes one 64-value block of every row of its share of the
+// tile; lane (g, c) loads slot word g of rows 2c, 2c+1, 2c+8, 2c+9 of each 16-row step,
+// which are both the rows its A fragments (two rows of each pair of dims) and its B
+// fragments (P' of head g) need.  Dims of m-tile f: 16 f + 2 g (fragment row g) and
+// 16 f + 2 g + 1 (row g + 8), the two codes of byte pair c2 = 0, 1 of slot g.
+//   A: the 8-bit level images (RQ3_I8_SCALE) are integers, so f16 holds them exactly: a
+//      byte permute puts the biased byte (level + 128) under the exponent byte 0x64, which
+//      reads as 1024 + byte, and one f16x2 subtraction of 1152 leaves the level.
+//   B: P' = p * s, the probability times the row's block scale, rounded to f16 (|P'| <= the
+//      largest scale, an f16 itself; a probability is relative to the running maximum).
+// Accumulator element k of m-tile f, n-tile n: dim 16 f + 2 g + (k >> 1), head 8 n + 2 c + (k & 1).
+
+// d += a . b (m16n8k16, row-major A, column-major B, f16 inputs, f32 accumulators)
+__device__ __forceinline__ void mma_f16_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+#ifdef AMPERE_MMA_AVAILABLE
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    GGML_UNUSED(d); GGML_UNUSED(a); GGML_UNUSED(b);
+    NO_DEVICE_CODE;
+#endif
+}
+
+// d += a . b (m16n8k32, row-major A of signed bytes, column-major B of signed or, with
+// b_unsigned, unsigned bytes, s32 accumulators)
+template <bool b_unsigned>
+__device__ __forceinline__ void mma_s8_16832(int d[4], const uint32_t a[4], const uint32_t b[2]) {
+#ifdef AMPERE_MMA_AVAILABLE
+    if constexpr (b_unsigned) {
+        asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.u8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+            : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    } else {
+        asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+            : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
+#else
+    GGML_UNUSED(d); GGML_UNUSED(a); GGML_UNUSED(b);
+    NO_DEVICE_CODE;
+#endif
+}
+
+// Two levels as an f16 pair from two biased level bytes of x (sel 0x4140: bytes 0, 1;
+// 0x4342: bytes 2, 3).
+__device__ __forceinline__ uint32_t rq3_level_pair_f16(const uint32_t x, const uint32_t sel) {
+    const uint32_t biased = __byte_perm(x, 0x64646464u, sel);   // 1152 + level, exact
+    const half2 l = __hsub2(*(const half2 *) &biased, __halves2half2(__ushort_as_half(0x6480), __ushort_as_half(0x6480)));
+    return *(const uint32_t *) &l;
+}
+
+__device__ __forceinline__ uint32_t f16x2_bits(const float lo, const float hi) {
+    const half2 h = __floats2half2_rn(lo, hi);
+    return *(const uint32_t *) &h;
+}
+
+// Warps sharing one 64-value V block, and the tile rows each one takes.
+__host__ __device__ constexpr int v_tc_warps_per_block(const int D) { return RQ_FA_THREADS/WARP_SIZE / (D/RQ_QK); }
+__host__ __device__ constexpr int v_tc_rows_per_warp(const int D) { return RQ_FA_THREADS / v_tc_warps_per_block(D); }
+
+// Blocks per multiprocessor the register budget is set for (no more than shared memory
+// allows: 227 KiB on sm_80/sm_90): the kernel is latency bound, and with both phases on
+// tensor cores it needs far fewer registers (head size 128, 4 query heads: 78 at 6 blocks,
+// no spills; 8: 94 at 5).
+__host__ __device__ constexpr int decode_min_blocks(const int D, const int kbits, const int vk, const int gp, const int tc) {
+    const int want = tc == (TC_K | TC_V) ? (gp <= 4 ? 6 : gp <= 8 ? 5 : 3) : (gp <= 4 ? 4 : gp <= 8 ? 3 : 2);
+    const int fit  = 227*1024 / decode_smem_bytes(D, kbits, vk, gp);
+    return want < fit ? want : fit < 1 ? 1 : fit;
+}
+
+// TC: which phases run on tensor cores (TC_K: 3-bit key scores; TC_V: 3-bit V); the
+// others are scalar (a thread scores its row; a thread accumulates 8-value slots in f32).
+template <int D, int KBITS, int VK, int GP, int TC>
+__launch_bounds__(RQ_FA_THREADS, decode_min_blocks(D, KBITS, VK, GP, TC))
 __global__ void rq_fattn_decode(const rq_fattn_params p) {
     constexpr int NB    = D / RQ_QK;
     constexpr int T     = RQ_FA_THREADS;
@@ -265,6 +361,13 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
     static_assert(T % TPR == 0, "V phase mapping");
     constexpr int VBITS = VK == RQ_V_RQ3 ? 3 : 4;
     constexpr bool KDP  = k_dp4a(KBITS);       // integer scoring (3-bit keys)
+    constexpr bool KTC  = (TC & TC_K) != 0;
+    constexpr bool VTC  = (TC & TC_V) != 0;
+    static_assert(!KTC || KDP, "tensor-core scores are for 3-bit keys");
+    static_assert(!VTC || VK == RQ_V_RQ3, "tensor-core V is for 3-bit rotor V");
+    constexpr int NT    = (GP + 7) / 8;        // tensor-core V: n-tiles of 8 heads
+    constexpr int TC_STEPS = v_tc_rows_per_warp(D) / 16;
+    static_assert(!VTC || (RQ_FA_THREADS/WARP_SIZE) % NB == 0, "tensor-core V: whole blocks per warp");
 
     extern __shared__ float smem[];
     float * sQ     = smem;              // [GP][D] rotated, scaled queries (4-bit keys: in code order); later the output
@@ -338,12 +441,11 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
         // the order of rq3_selectors: a 3-bit key scores two dp4a per 4 codes and head
         // (high bytes, signed; low bytes, unsigned) with no table lookup and no float work
         __syncthreads();
-        for (int u = tid; u < GP*NB; u += T) {
-            float mx = 0.0f;
-            for (int j = 0; j < RQ_QK; ++j) {
-                mx = fmaxf(mx, fabsf(sQ[u*RQ_QK + j]));
+        for (int u = warp; u < GP*NB; u += T/WARP_SIZE) {  // a warp per (head, block)
+            const float mx = warp_reduce_max(fmaxf(fabsf(sQ[u*RQ_QK + lane]), fabsf(sQ[u*RQ_QK + lane + WARP_SIZE])));
+            if (lane == 0) {
+                sQmax[u] = mx;
             }
-            sQmax[u] = mx;
         }
         __syncthreads();
         for (int u = tid; u < GP*NB*16; u += T) {
@@ -374,12 +476,26 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
         M[h] = -FLT_MAX/2.0f;
         L[h] = 0.0f;
     }
-    float acc[HG][8];
+    float acc[HG][8];  // scalar V (the variables of the path not taken are optimised away)
 #pragma unroll
     for (int h = 0; h < HG; ++h) {
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
             acc[h][e] = 0.0f;
+        }
+    }
+    // tensor-core V: this warp's block and first row, this lane's fragment coordinates
+    const int tc_b = warp % NB, tc_r0 = (warp / NB)*v_tc_rows_per_warp(D);
+    const int tc_g = lane / 4, tc_c = lane % 4;
+    float tacc[4][NT][4];  // tensor-core V
+#pragma unroll
+    for (int f = 0; f < 4; ++f) {
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                tacc[f][n][k] = 0.0f;
+            }
         }
     }
 
@@ -400,71 +516,158 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
         // ---- scores of row t for every head
         const int t = t0 + tid;
         float s[GP];
-        if (tid < rows) {
+        if constexpr (KTC) {
+            // ---- scores on tensor cores: S (rows x heads) = K~ (rows x dims) . Q~^T, int8 x int8
+            // -> int32 per 64-value block, the integer sums of the scalar path exactly.  Warp w
+            // takes rows 32 w .. 32 w + 31 in two m-tiles; lane (g, c) loads slot 4 hh + c of
+            // rows g and g + 8 (k-chunk hh of a block: slots 0-3, 4-7), whose level bytes are
+            // its A fragments as they come from the byte permute, and whose query bytes
+            // (sQi, already in that order) are its B fragments.  Accumulator element k:
+            // row g + 8 (k >> 1), head 8 n + 2 c + (k & 1).  The scores go through sP to the
+            // thread of each row.
 #pragma unroll
-            for (int h = 0; h < GP; ++h) {
-                s[h] = 0.0f;
-            }
-            const char * krow = sK + tid*KP;
-#pragma unroll
-            for (int b = 0; b < NB; ++b) {
-                // the block's 32-bit words, once (the row is 4-byte aligned in shared memory)
-                constexpr int NW = (KBS + 3)/4 + 1;
-                const int w0 = (b*KBS)/4;
-                uint32_t rw[NW];
-#pragma unroll
-                for (int k = 0; k < NW; ++k) {
-                    rw[k] = w0 + k < KP/4 ? ((const uint32_t *) krow)[w0 + k] : 0u;
+            for (int mt = 0; mt < 2; ++mt) {
+                const int r0 = 32*warp + 16*mt;
+                if (r0 >= rows) {
+                    break;  // warp-uniform
                 }
-                const int o = b*KBS;
-                if constexpr (KDP) {
-                    int hi[GP], lo[GP];
+                float sc[NT][4];
 #pragma unroll
-                    for (int h = 0; h < GP; ++h) {
-                        hi[h] = lo[h] = 0;
+                for (int n = 0; n < NT; ++n) {
+#pragma unroll
+                    for (int k = 0; k < 4; ++k) {
+                        sc[n][k] = 0.0f;
                     }
+                }
 #pragma unroll
-                    for (int j = 0; j < 8; ++j) {
-                        uint32_t sel_a, sel_b;
-                        rq3_selectors(u16_raw_at(rw, w0, o + 2 + 2*j), u16_raw_at(rw, w0, o + 2 + RQ_QK/4 + 2*(j & 3)) >> (j >> 2), sel_a, sel_b);
-                        const int va = (int) __byte_perm(lk3[0], lk3[1], sel_a), vb = (int) __byte_perm(lk3[0], lk3[1], sel_b);
+                for (int b = 0; b < NB; ++b) {
+                    int hi[NT][4], lo[NT][4];
 #pragma unroll
-                        for (int h = 0; h < GP; ++h) {
-                            const uint4 qw = *(const uint4 *) &sQi[((h*NB + b)*8 + j)*4];
-                            hi[h] = __dp4a(va, (int) qw.x, hi[h]);
-                            hi[h] = __dp4a(vb, (int) qw.y, hi[h]);
-                            lo[h] = dp4a_su(va, qw.z, lo[h]);
-                            lo[h] = dp4a_su(vb, qw.w, lo[h]);
+                    for (int n = 0; n < NT; ++n) {
+#pragma unroll
+                        for (int k = 0; k < 4; ++k) {
+                            hi[n][k] = lo[n][k] = 0;
                         }
                     }
-                    // q ~ qmax/32767 * q16 and level ~ l8/RQ3_I8_SCALE
-                    const float norm = half_bits_to_float(u16_at(rw, w0, o)) * (1.0f/(32767.0f*RQ3_I8_SCALE));
 #pragma unroll
-                    for (int h = 0; h < GP; ++h) {
-                        s[h] += norm*sQmax[h*NB + b]*(float) (hi[h]*256 + lo[h]);
-                    }
-                } else {
-                    float sb[GP];
+                    for (int hh = 0; hh < 2; ++hh) {
+                        const int j = 4*hh + tc_c;
+                        uint32_t a[4];
 #pragma unroll
-                    for (int h = 0; h < GP; ++h) {
-                        sb[h] = 0.0f;
-                    }
+                        for (int q = 0; q < 2; ++q) {
+                            const char * blk = sK + (r0 + tc_g + 8*q)*KP + b*KBS;
+                            uint32_t sel_a, sel_b;
+                            rq3_selectors(ld_u16(blk + 2 + 2*j), ld_u16(blk + 2 + RQ_QK/4 + 2*(j & 3)) >> (j >> 2), sel_a, sel_b);
+                            a[q]     = __byte_perm(lk3[0], lk3[1], sel_a);
+                            a[2 + q] = __byte_perm(lk3[0], lk3[1], sel_b);
+                        }
 #pragma unroll
-                    for (int j = 0; j < 8; ++j) {
-                        float w[8];
-                        rq4_slot_levels(u16_at(rw, w0, o + 2 + 4*j) | (u16_at(rw, w0, o + 4 + 4*j) << 16), sL4, w);
-#pragma unroll
-                        for (int h = 0; h < GP; ++h) {
-                            const float4 qa = *(const float4 *) &sQ[h*D + b*RQ_QK + 8*j];
-                            const float4 qb = *(const float4 *) &sQ[h*D + b*RQ_QK + 8*j + 4];
-                            sb[h] += w[0]*qa.x + w[1]*qa.y + w[2]*qa.z + w[3]*qa.w
-                                   + w[4]*qb.x + w[5]*qb.y + w[6]*qb.z + w[7]*qb.w;
+                        for (int n = 0; n < NT; ++n) {
+                            const int h = 8*n + tc_g;
+                            const uint4 qw = h < GP ? *(const uint4 *) &sQi[((h*NB + b)*8 + j)*4] : make_uint4(0, 0, 0, 0);
+                            const uint32_t bh[2] = {qw.x, qw.y}, bl[2] = {qw.z, qw.w};
+                            mma_s8_16832<false>(hi[n], a, bh);
+                            mma_s8_16832<true>(lo[n], a, bl);
                         }
                     }
-                    const float norm = half_bits_to_float(u16_at(rw, w0, o));
 #pragma unroll
-                    for (int h = 0; h < GP; ++h) {
-                        s[h] += norm*sb[h];
+                    for (int k = 0; k < 4; ++k) {
+                        const char * blk = sK + (r0 + tc_g + 8*(k >> 1))*KP + b*KBS;
+                        const float norm = half_bits_to_float(ld_u16(blk)) * (1.0f/(32767.0f*RQ3_I8_SCALE));
+#pragma unroll
+                        for (int n = 0; n < NT; ++n) {
+                            const int h = 8*n + 2*tc_c + (k & 1);
+                            if (h < GP) {
+                                sc[n][k] += norm*sQmax[h*NB + b]*(float) (hi[n][k]*256 + lo[n][k]);
+                            }
+                        }
+                    }
+                }
+#pragma unroll
+                for (int n = 0; n < NT; ++n) {
+#pragma unroll
+                    for (int k = 0; k < 4; ++k) {
+                        const int h = 8*n + 2*tc_c + (k & 1);
+                        if (h < GP) {
+                            sP[(r0 + tc_g + 8*(k >> 1))*GP + h] = sc[n][k];
+                        }
+                    }
+                }
+            }
+            __syncthreads();
+        }
+        if (tid < rows) {
+            if constexpr (KTC) {
+#pragma unroll
+                for (int h = 0; h < GP; ++h) {
+                    s[h] = sP[tid*GP + h];
+                }
+            } else {
+#pragma unroll
+                for (int h = 0; h < GP; ++h) {
+                    s[h] = 0.0f;
+                }
+                const char * krow = sK + tid*KP;
+#pragma unroll
+                for (int b = 0; b < NB; ++b) {
+                    // the block's 32-bit words, once (the row is 4-byte aligned in shared memory)
+                    constexpr int NW = (KBS + 3)/4 + 1;
+                    const int w0 = (b*KBS)/4;
+                    uint32_t rw[NW];
+#pragma unroll
+                    for (int k = 0; k < NW; ++k) {
+                        rw[k] = w0 + k < KP/4 ? ((const uint32_t *) krow)[w0 + k] : 0u;
+                    }
+                    const int o = b*KBS;
+                    if constexpr (KDP) {
+                        int hi[GP], lo[GP];
+#pragma unroll
+                        for (int h = 0; h < GP; ++h) {
+                            hi[h] = lo[h] = 0;
+                        }
+#pragma unroll
+                        for (int j = 0; j < 8; ++j) {
+                            uint32_t sel_a, sel_b;
+                            rq3_selectors(u16_raw_at(rw, w0, o + 2 + 2*j), u16_raw_at(rw, w0, o + 2 + RQ_QK/4 + 2*(j & 3)) >> (j >> 2), sel_a, sel_b);
+                            const int va = (int) __byte_perm(lk3[0], lk3[1], sel_a), vb = (int) __byte_perm(lk3[0], lk3[1], sel_b);
+#pragma unroll
+                            for (int h = 0; h < GP; ++h) {
+                                const uint4 qw = *(const uint4 *) &sQi[((h*NB + b)*8 + j)*4];
+                                hi[h] = __dp4a(va, (int) qw.x, hi[h]);
+                                hi[h] = __dp4a(vb, (int) qw.y, hi[h]);
+                                lo[h] = dp4a_su(va, qw.z, lo[h]);
+                                lo[h] = dp4a_su(vb, qw.w, lo[h]);
+                            }
+                        }
+                        // q ~ qmax/32767 * q16 and level ~ l8/RQ3_I8_SCALE
+                        const float norm = half_bits_to_float(u16_at(rw, w0, o)) * (1.0f/(32767.0f*RQ3_I8_SCALE));
+#pragma unroll
+                        for (int h = 0; h < GP; ++h) {
+                            s[h] += norm*sQmax[h*NB + b]*(float) (hi[h]*256 + lo[h]);
+                        }
+                    } else {
+                        float sb[GP];
+#pragma unroll
+                        for (int h = 0; h < GP; ++h) {
+                            sb[h] = 0.0f;
+                        }
+#pragma unroll
+                        for (int j = 0; j < 8; ++j) {
+                            float w[8];
+                            rq4_slot_levels(u16_at(rw, w0, o + 2 + 4*j) | (u16_at(rw, w0, o + 4 + 4*j) << 16), sL4, w);
+#pragma unroll
+                            for (int h = 0; h < GP; ++h) {
+                                const float4 qa = *(const float4 *) &sQ[h*D + b*RQ_QK + 8*j];
+                                const float4 qb = *(const float4 *) &sQ[h*D + b*RQ_QK + 8*j + 4];
+                                sb[h] += w[0]*qa.x + w[1]*qa.y + w[2]*qa.z + w[3]*qa.w
+                                       + w[4]*qb.x + w[5]*qb.y + w[6]*qb.z + w[7]*qb.w;
+                            }
+                        }
+                        const float norm = half_bits_to_float(u16_at(rw, w0, o));
+#pragma unroll
+                        for (int h = 0; h < GP; ++h) {
+                            s[h] += norm*sb[h];
+                        }
                     }
                 }
             }
@@ -511,54 +714,128 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
         }
         __syncthreads();
 
-        // ---- V: this thread's slot, its head group, rows v_row, v_row + RG, ...
+        if constexpr (VTC) {
+            // ---- V on tensor cores: rescale, then the warp's 16-row steps
 #pragma unroll
-        for (int h = 0; h < HG; ++h) {
-            const float a = sAlpha[v_hg*HG + h];
+            for (int n = 0; n < NT; ++n) {
 #pragma unroll
-            for (int e = 0; e < 8; ++e) {
-                acc[h][e] *= a;
-            }
-        }
-        const auto v_row_ptr = [&](const int r) -> const char * {
-            if constexpr (VST) {
-                return sV + r*VP;
-            } else {
-                return Vh + (int64_t) (t0 + r)*p.nb21;
-            }
-        };
-        const auto accumulate = [&](const rq_v_raw & raw, const int r) {
-            float w[8];
-            const float vs = rq_v_values<VK>(raw, v_slot, sL4, lv3, w);
+                for (int e = 0; e < 2; ++e) {
+                    const int h = 8*n + 2*tc_c + e;
+                    const float a = h < GP ? sAlpha[h] : 0.0f;
 #pragma unroll
-            for (int h = 0; h < HG; ++h) {
-                const float ph = vs*sP[r*GP + v_hg*HG + h];
-#pragma unroll
-                for (int e = 0; e < 8; ++e) {
-                    acc[h][e] += ph*w[e];
+                    for (int f = 0; f < 4; ++f) {
+                        tacc[f][n][e] *= a;
+                        tacc[f][n][2 + e] *= a;
+                    }
                 }
             }
-        };
-        if (rows == T) {
-            // full tile: rows v_row + RG u, u < NR, in chunks whose loads are all issued
-            // before the first is used (one memory latency per chunk, not per row)
-            constexpr int NR = T / RG;
-            constexpr int CH = VST ? (NR < 4 ? NR : 4) : (NR < 8 ? NR : 8);
+            const char * vblk = sV + tc_b*rq_block_bytes<3>();
 #pragma unroll
-            for (int c0 = 0; c0 < NR; c0 += CH) {
-                rq_v_raw raw[CH];
+            for (int ks = 0; ks < TC_STEPS; ++ks) {
+                const int r0 = tc_r0 + 16*ks;
+                if (r0 >= rows) {
+                    break;  // warp-uniform
+                }
+                // rows 2c, 2c+1, 2c+8, 2c+9 of the step: levels (biased bytes) and scales
+                uint32_t va[4], vb[4];
+                float sc[4];
 #pragma unroll
-                for (int u = 0; u < CH; ++u) {
-                    raw[u] = rq_v_load<VK>(v_row_ptr(v_row + (c0 + u)*RG), v_slot);
+                for (int q = 0; q < 4; ++q) {
+                    const int r = r0 + 2*tc_c + (q & 1) + 8*(q >> 1);
+                    const char * blk = vblk + r*VP;
+                    uint32_t sel_a, sel_b;
+                    rq3_selectors(ld_u16(blk + 2 + 2*tc_g), ld_u16(blk + 2 + RQ_QK/4 + 2*(tc_g & 3)) >> (tc_g >> 2), sel_a, sel_b);
+                    va[q] = __byte_perm(lv3[0], lv3[1], sel_a);
+                    vb[q] = __byte_perm(lv3[0], lv3[1], sel_b);
+                    sc[q] = r < rows ? half_bits_to_float(ld_u16(blk)) : 0.0f;  // rows past the end: stale bytes
+                }
+                uint32_t bf[NT][2];
+#pragma unroll
+                for (int n = 0; n < NT; ++n) {
+                    const int h = 8*n + tc_g;
+                    float pv[4];
+#pragma unroll
+                    for (int q = 0; q < 4; ++q) {
+                        const int r = r0 + 2*tc_c + (q & 1) + 8*(q >> 1);
+                        pv[q] = h < GP ? sP[r*GP + h]*sc[q] : 0.0f;
+                    }
+                    bf[n][0] = f16x2_bits(pv[0], pv[1]);
+                    bf[n][1] = f16x2_bits(pv[2], pv[3]);
+                }
+                // the two rows of each pair side by side, per byte pair c2: x[va/vb][pair][c2]
+                uint32_t x[2][2][2];
+#pragma unroll
+                for (int pr = 0; pr < 2; ++pr) {
+                    x[0][pr][0] = __byte_perm(va[2*pr], va[2*pr + 1], 0x5140);
+                    x[0][pr][1] = __byte_perm(va[2*pr], va[2*pr + 1], 0x7362);
+                    x[1][pr][0] = __byte_perm(vb[2*pr], vb[2*pr + 1], 0x5140);
+                    x[1][pr][1] = __byte_perm(vb[2*pr], vb[2*pr + 1], 0x7362);
                 }
 #pragma unroll
-                for (int u = 0; u < CH; ++u) {
-                    accumulate(raw[u], v_row + (c0 + u)*RG);
+                for (int f = 0; f < 4; ++f) {
+                    // f = 0, 2: bytes 0, 1 of the va pairs; f = 1, 3: of the vb pairs
+                    const int src = f & 1;
+                    const uint32_t sel = f < 2 ? 0x4140u : 0x4342u;
+                    const uint32_t a[4] = {
+                        rq3_level_pair_f16(x[src][0][0], sel), rq3_level_pair_f16(x[src][0][1], sel),
+                        rq3_level_pair_f16(x[src][1][0], sel), rq3_level_pair_f16(x[src][1][1], sel),
+                    };
+#pragma unroll
+                    for (int n = 0; n < NT; ++n) {
+                        mma_f16_16816(tacc[f][n], a, bf[n]);
+                    }
                 }
             }
         } else {
-            for (int r = v_row; r < rows; r += RG) {
-                accumulate(rq_v_load<VK>(v_row_ptr(r), v_slot), r);
+            // ---- V: this thread's slot, its head group, rows v_row, v_row + RG, ...
+#pragma unroll
+            for (int h = 0; h < HG; ++h) {
+                const float a = sAlpha[v_hg*HG + h];
+#pragma unroll
+                for (int e = 0; e < 8; ++e) {
+                    acc[h][e] *= a;
+                }
+            }
+            const auto v_row_ptr = [&](const int r) -> const char * {
+                if constexpr (VST) {
+                    return sV + r*VP;
+                } else {
+                    return Vh + (int64_t) (t0 + r)*p.nb21;
+                }
+            };
+            const auto accumulate = [&](const rq_v_raw & raw, const int r) {
+                float w[8];
+                const float vs = rq_v_values<VK>(raw, v_slot, sL4, lv3, w);
+#pragma unroll
+                for (int h = 0; h < HG; ++h) {
+                    const float ph = vs*sP[r*GP + v_hg*HG + h];
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) {
+                        acc[h][e] += ph*w[e];
+                    }
+                }
+            };
+            if (rows == T) {
+                // full tile: rows v_row + RG u, u < NR, in chunks whose loads are all issued
+                // before the first is used (one memory latency per chunk, not per row)
+                constexpr int NR = T / RG;
+                constexpr int CH = VST ? (NR < 4 ? NR : 4) : (NR < 8 ? NR : 8);
+#pragma unroll
+                for (int c0 = 0; c0 < NR; c0 += CH) {
+                    rq_v_raw raw[CH];
+#pragma unroll
+                    for (int u = 0; u < CH; ++u) {
+                        raw[u] = rq_v_load<VK>(v_row_ptr(v_row + (c0 + u)*RG), v_slot);
+                    }
+#pragma unroll
+                    for (int u = 0; u < CH; ++u) {
+                        accumulate(raw[u], v_row + (c0 + u)*RG);
+                    }
+                }
+            } else {
+                for (int r = v_row; r < rows; r += RG) {
+                    accumulate(rq_v_load<VK>(v_row_ptr(r), v_slot), r);
+                }
             }
         }
         __syncthreads();  // buffer i % 2 and sP are free again
@@ -577,17 +854,33 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
         sQ[u] = 0.0f;
     }
     __syncthreads();
+    if constexpr (VTC) {
 #pragma unroll
-    for (int h = 0; h < HG; ++h) {
+        for (int f = 0; f < 4; ++f) {
 #pragma unroll
-        for (int e = 0; e < 8; ++e) {
-            int j;
-            if constexpr (VK == RQ_V_RQ3 || VK == RQ_V_RQ4) {
-                j = (v_slot / 8)*RQ_QK + rq_slot_elem<VBITS>(v_slot % 8, e);
-            } else {
-                j = v_slot*8 + e;
+            for (int n = 0; n < NT; ++n) {
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    const int h = 8*n + 2*tc_c + (k & 1);
+                    if (h < GP) {
+                        atomicAdd(&sQ[h*D + tc_b*RQ_QK + 16*f + 2*tc_g + (k >> 1)], tacc[f][n][k]*(1.0f/RQ3_I8_SCALE));
+                    }
+                }
             }
-            atomicAdd(&sQ[(v_hg*HG + h)*D + j], acc[h][e]);
+        }
+    } else {
+#pragma unroll
+        for (int h = 0; h < HG; ++h) {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                int j;
+                if constexpr (VK == RQ_V_RQ3 || VK == RQ_V_RQ4) {
+                    j = (v_slot / 8)*RQ_QK + rq_slot_elem<VBITS>(v_slot % 8, e);
+                } else {
+                    j = v_slot*8 + e;
+                }
+                atomicAdd(&sQ[(v_hg*HG + h)*D + j], acc[h][e]);
+            }
         }
     }
     if (tid < GP) {
@@ -628,66 +921,94 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
     }
 }
 
-template <int D, int KBITS, int VK, int GP>
-void launch_one(const rq_fattn_params & p, const dim3 grid, cudaStream_t stream) {
-    constexpr int smem = decode_smem_bytes(D, KBITS, VK, GP);
-    static bool raised[GGML_CUDA_MAX_DEVICES] = {false};
-    const int dev = ggml_cuda_get_device();
-    if (smem > 48*1024 && !raised[dev]) {
-        CUDA_CHECK(cudaFuncSetAttribute(rq_fattn_decode<D, KBITS, VK, GP>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        raised[dev] = true;
-    }
-    rq_fattn_decode<D, KBITS, VK, GP><<<grid, RQ_FA_THREADS, smem, stream>>>(p);
-}
-
-template <int D, int KBITS, int VK, int GP>
-int blocks_per_sm_one() {
-    constexpr int smem = decode_smem_bytes(D, KBITS, VK, GP);
-    static int cached[GGML_CUDA_MAX_DEVICES] = {0};
-    const int dev = ggml_cuda_get_device();
-    if (cached[dev] == 0) {
-        if (smem > 48*1024) {
-            CUDA_CHECK(cudaFuncSetAttribute(rq_fattn_decode<D, KBITS, VK, GP>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+struct launch_one {
+    template <int D, int KBITS, int VK, int GP, int TC>
+    static void run(const rq_fattn_params & p, const dim3 grid, cudaStream_t stream) {
+        constexpr int smem = decode_smem_bytes(D, KBITS, VK, GP);
+        static bool raised[GGML_CUDA_MAX_DEVICES] = {false};
+        const int dev = ggml_cuda_get_device();
+        if (smem > 48*1024 && !raised[dev]) {
+            CUDA_CHECK(cudaFuncSetAttribute(rq_fattn_decode<D, KBITS, VK, GP, TC>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+            raised[dev] = true;
         }
-        int n = 0;
-        CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, rq_fattn_decode<D, KBITS, VK, GP>, RQ_FA_THREADS, smem));
-        cached[dev] = std::max(1, n);
+        rq_fattn_decode<D, KBITS, VK, GP, TC><<<grid, RQ_FA_THREADS, smem, stream>>>(p);
     }
-    return cached[dev];
+};
+
+struct blocks_per_sm_one {
+    template <int D, int KBITS, int VK, int GP, int TC>
+    static int run() {
+        constexpr int smem = decode_smem_bytes(D, KBITS, VK, GP);
+        static int cached[GGML_CUDA_MAX_DEVICES] = {0};
+        const int dev = ggml_cuda_get_device();
+        if (cached[dev] == 0) {
+            if (smem > 48*1024) {
+                CUDA_CHECK(cudaFuncSetAttribute(rq_fattn_decode<D, KBITS, VK, GP, TC>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+            }
+            int n = 0;
+            CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, rq_fattn_decode<D, KBITS, VK, GP, TC>, RQ_FA_THREADS, smem));
+            cached[dev] = std::max(1, n);
+        }
+        return cached[dev];
+    }
+};
+
+// F::run<D, KBITS, VK, GP, TC>(args...) for the tensor-core phases tc asks for, of those
+// this K width and V kind have (so only meaningful instances are compiled).
+template <typename F, int D, int KBITS, int VK, int GP, typename... A>
+auto with_tc(const int tc, A... args) {
+    constexpr int KB = k_dp4a(KBITS) ? TC_K : 0;
+    constexpr int VB = VK == RQ_V_RQ3 ? TC_V : 0;
+    if constexpr (KB != 0 && VB != 0) {
+        if ((tc & TC_K) && (tc & TC_V)) {
+            return F::template run<D, KBITS, VK, GP, TC_K | TC_V>(args...);
+        }
+    }
+    if constexpr (KB != 0) {
+        if (tc & TC_K) {
+            return F::template run<D, KBITS, VK, GP, TC_K>(args...);
+        }
+    }
+    if constexpr (VB != 0) {
+        if (tc & TC_V) {
+            return F::template run<D, KBITS, VK, GP, TC_V>(args...);
+        }
+    }
+    return F::template run<D, KBITS, VK, GP, 0>(args...);
 }
 
-// f(vk, gp) dispatched to the template instance <VK, GP>
-#define RQ_FA_DISPATCH(FN, ...)                                                              \
-    switch (vk*100 + gp) {                                                                   \
-        case RQ_V_RQ3*100 + 4:  return FN<D, KBITS, RQ_V_RQ3, 4 >(__VA_ARGS__);             \
-        case RQ_V_RQ3*100 + 8:  return FN<D, KBITS, RQ_V_RQ3, 8 >(__VA_ARGS__);             \
-        case RQ_V_RQ3*100 + 16: return FN<D, KBITS, RQ_V_RQ3, 16>(__VA_ARGS__);             \
-        case RQ_V_RQ4*100 + 4:  return FN<D, KBITS, RQ_V_RQ4, 4 >(__VA_ARGS__);             \
-        case RQ_V_RQ4*100 + 8:  return FN<D, KBITS, RQ_V_RQ4, 8 >(__VA_ARGS__);             \
-        case RQ_V_RQ4*100 + 16: return FN<D, KBITS, RQ_V_RQ4, 16>(__VA_ARGS__);             \
-        case RQ_V_F16*100 + 4:  return FN<D, KBITS, RQ_V_F16, 4 >(__VA_ARGS__);             \
-        case RQ_V_F16*100 + 8:  return FN<D, KBITS, RQ_V_F16, 8 >(__VA_ARGS__);             \
-        case RQ_V_F16*100 + 16: return FN<D, KBITS, RQ_V_F16, 16>(__VA_ARGS__);             \
-        case RQ_V_Q8_0*100 + 4:  return FN<D, KBITS, RQ_V_Q8_0, 4 >(__VA_ARGS__);           \
-        case RQ_V_Q8_0*100 + 8:  return FN<D, KBITS, RQ_V_Q8_0, 8 >(__VA_ARGS__);           \
-        case RQ_V_Q8_0*100 + 16: return FN<D, KBITS, RQ_V_Q8_0, 16>(__VA_ARGS__);           \
-        default: GGML_ABORT("rotorquant: no decode kernel for V kind %d, query group %d", vk, gp); \
+// F dispatched to the instance of V kind vk and query group gp
+template <typename F, int D, int KBITS, typename... A>
+auto dispatch(const int vk, const int gp, const int tc, A... args) {
+    switch (vk*100 + gp) {
+        case RQ_V_RQ3*100 + 4:   return with_tc<F, D, KBITS, RQ_V_RQ3, 4>(tc, args...);
+        case RQ_V_RQ3*100 + 8:   return with_tc<F, D, KBITS, RQ_V_RQ3, 8>(tc, args...);
+        case RQ_V_RQ3*100 + 16:  return with_tc<F, D, KBITS, RQ_V_RQ3, 16>(tc, args...);
+        case RQ_V_RQ4*100 + 4:   return with_tc<F, D, KBITS, RQ_V_RQ4, 4>(tc, args...);
+        case RQ_V_RQ4*100 + 8:   return with_tc<F, D, KBITS, RQ_V_RQ4, 8>(tc, args...);
+        case RQ_V_RQ4*100 + 16:  return with_tc<F, D, KBITS, RQ_V_RQ4, 16>(tc, args...);
+        case RQ_V_F16*100 + 4:   return with_tc<F, D, KBITS, RQ_V_F16, 4>(tc, args...);
+        case RQ_V_F16*100 + 8:   return with_tc<F, D, KBITS, RQ_V_F16, 8>(tc, args...);
+        case RQ_V_F16*100 + 16:  return with_tc<F, D, KBITS, RQ_V_F16, 16>(tc, args...);
+        case RQ_V_Q8_0*100 + 4:  return with_tc<F, D, KBITS, RQ_V_Q8_0, 4>(tc, args...);
+        case RQ_V_Q8_0*100 + 8:  return with_tc<F, D, KBITS, RQ_V_Q8_0, 8>(tc, args...);
+        case RQ_V_Q8_0*100 + 16: return with_tc<F, D, KBITS, RQ_V_Q8_0, 16>(tc, args...);
+        default: GGML_ABORT("rotorquant: no decode kernel for V kind %d, query group %d", vk, gp);
     }
+}
 
 template <int D, int KBITS>
-void launch_decode(const rq_fattn_params & p, const int vk, const int gp, const dim3 grid, cudaStream_t stream) {
-    RQ_FA_DISPATCH(launch_one, p, grid, stream)
+void launch_decode(const rq_fattn_params & p, const int vk, const int gp, const int tc, const dim3 grid, cudaStream_t stream) {
+    dispatch<launch_one, D, KBITS>(vk, gp, tc, p, grid, stream);
 }
 
 template <int D, int KBITS>
-int decode_blocks_per_sm(const int vk, const int gp) {
-    RQ_FA_DISPATCH(blocks_per_sm_one, )
+int decode_blocks_per_sm(const int vk, const int gp, const int tc) {
+    return dispatch<blocks_per_sm_one, D, KBITS>(vk, gp, tc);
 }
 
-#undef RQ_FA_DISPATCH
-
-#define RQ_FA_INSTANCE(D, KBITS)                                                                  \
-    template void launch_decode<D, KBITS>(const rq_fattn_params &, int, int, dim3, cudaStream_t); \
-    template int decode_blocks_per_sm<D, KBITS>(int, int);
+#define RQ_FA_INSTANCE(D, KBITS)                                                                       \
+    template void launch_decode<D, KBITS>(const rq_fattn_params &, int, int, int, dim3, cudaStream_t); \
+    template int decode_blocks_per_sm<D, KBITS>(int, int, int);
 
 } // namespace rq_fa

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <cstdlib>
+#include <cstring>
 
 using namespace rq_fa;
 
@@ -47,6 +49,20 @@ int rq_v_kind_of(const ggml_type t) {
 
 int rq_group_pad(const int gqa) {
     return gqa <= 4 ? 4 : gqa <= 8 ? 8 : gqa <= 16 ? 16 : 0;
+}
+
+// The decode phases that run on tensor cores (rq_tc_phase; 3-bit keys and 3-bit V have
+// them) where the device has them (sm_80+, compiled for).  RQ_CUDA_DECODE_MMA picks fewer,
+// for comparisons in one process (read at each launch): "none", "k" or "v" (default: both).
+int rq_decode_tc(const int cc) {
+    if (!ampere_mma_available(cc)) {
+        return 0;
+    }
+    const char * env = getenv("RQ_CUDA_DECODE_MMA");
+    if (!env || strcmp(env, "kv") == 0) {
+        return TC_K | TC_V;
+    }
+    return strcmp(env, "k") == 0 ? TC_K : strcmp(env, "v") == 0 ? TC_V : 0;
 }
 
 } // namespace
@@ -121,11 +137,12 @@ void rq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx, ggml_tensor 
     p.v_async = v_staged(vk) && rows_word_aligned(V, rotor_row_bytes(D, v_bits(vk)));
 
     const bool k3 = kbits == 3;
+    const int tc = rq_decode_tc(ggml_cuda_info().devices[ctx.device].cc);
     int blocks_per_sm = 1;
     switch (D) {
-        case 64:  blocks_per_sm = (k3 ? decode_blocks_per_sm<64,  3> : decode_blocks_per_sm<64,  4>)(vk, gp); break;
-        case 128: blocks_per_sm = (k3 ? decode_blocks_per_sm<128, 3> : decode_blocks_per_sm<128, 4>)(vk, gp); break;
-        case 256: blocks_per_sm = (k3 ? decode_blocks_per_sm<256, 3> : decode_blocks_per_sm<256, 4>)(vk, gp); break;
+        case 64:  blocks_per_sm = (k3 ? decode_blocks_per_sm<64,  3> : decode_blocks_per_sm<64,  4>)(vk, gp, tc); break;
+        case 128: blocks_per_sm = (k3 ? decode_blocks_per_sm<128, 3> : decode_blocks_per_sm<128, 4>)(vk, gp, tc); break;
+        case 256: blocks_per_sm = (k3 ? decode_blocks_per_sm<256, 3> : decode_blocks_per_sm<256, 4>)(vk, gp, tc); break;
         default: GGML_ABORT("rotorquant: unsupported head size %d", D);
     }
 
@@ -162,9 +179,9 @@ void rq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx, ggml_tensor 
     cudaStream_t stream = ctx.stream();
     const dim3 grid(p.n_splits, p.n_head_kv*n_seq, 1);
     switch (D) {
-        case 64:  (k3 ? launch_decode<64,  3> : launch_decode<64,  4>)(p, vk, gp, grid, stream); break;
-        case 128: (k3 ? launch_decode<128, 3> : launch_decode<128, 4>)(p, vk, gp, grid, stream); break;
-        case 256: (k3 ? launch_decode<256, 3> : launch_decode<256, 4>)(p, vk, gp, grid, stream); break;
+        case 64:  (k3 ? launch_decode<64,  3> : launch_decode<64,  4>)(p, vk, gp, tc, grid, stream); break;
+        case 128: (k3 ? launch_decode<128, 3> : launch_decode<128, 4>)(p, vk, gp, tc, grid, stream); break;
+        case 256: (k3 ? launch_decode<256, 3> : launch_decode<256, 4>)(p, vk, gp, tc, grid, stream); break;
     }
     CUDA_CHECK(cudaGetLastError());
     if (p.n_splits == 1) {

@@ -14,6 +14,9 @@ constexpr int RQ_FA_STAGES  = 2;    // tiles in shared memory: one in use, one i
 
 enum rq_v_kind { RQ_V_RQ3 = 0, RQ_V_RQ4 = 1, RQ_V_F16 = 2, RQ_V_Q8_0 = 3 };
 
+// Phases of the decode kernel that can run on tensor cores (bits of its TC parameter).
+enum rq_tc_phase { TC_K = 1, TC_V = 2 };
+
 struct rq_fattn_params {
     const char * Q;
     const char * K;
@@ -80,18 +83,19 @@ static __device__ __forceinline__ void finish_quartet(const float num[4], const 
 }
 
 // Launch the decode kernel of head size D and K width KBITS (3 or 4) for V kind vk and
-// padded query-head group gp (4, 8 or 16).
+// padded query-head group gp (4, 8 or 16), with the phases tc names on tensor cores
+// (TC_K | TC_V, sm_80 and newer; a phase the types do not allow is scalar).
 template <int D, int KBITS>
-void launch_decode(const rq_fattn_params & p, int vk, int gp, dim3 grid, cudaStream_t stream);
+void launch_decode(const rq_fattn_params & p, int vk, int gp, int tc, dim3 grid, cudaStream_t stream);
 
 // Blocks of that kernel one multiprocessor of the current device runs at once.
 template <int D, int KBITS>
-int decode_blocks_per_sm(int vk, int gp);
+int decode_blocks_per_sm(int vk, int gp, int tc);
 
 #define RQ_FA_FOR_EACH_INSTANCE(X) X(64, 3) X(64, 4) X(128, 3) X(128, 4) X(256, 3) X(256, 4)
 #define RQ_FA_EXTERN(D, KBITS)                                                                          \
-    extern template void launch_decode<D, KBITS>(const rq_fattn_params &, int, int, dim3, cudaStream_t); \
-    extern template int decode_blocks_per_sm<D, KBITS>(int, int);
+    extern template void launch_decode<D, KBITS>(const rq_fattn_params &, int, int, int, dim3, cudaStream_t); \
+    extern template int decode_blocks_per_sm<D, KBITS>(int, int, int);
 RQ_FA_FOR_EACH_INSTANCE(RQ_FA_EXTERN)
 #undef RQ_FA_EXTERN
 
