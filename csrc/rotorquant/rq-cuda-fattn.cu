@@ -14,27 +14,71 @@ using namespace rq_fa;
 namespace {
 
 // Merge the slices of one (sequence, query head), add the attention sink, divide, and
-// un-rotate V.  One thread per output quartet.  (A single slice writes its output itself.)
+// un-rotate V.  (A single slice writes its output itself.)  A long cache has ~90 slices:
+// one thread per output quartet walking all of them was a chain of dependent global loads
+// as long as the decode kernel itself, so the slices are shared out over RQ_CB_THREADS / (D/4)
+// groups of D/4 threads, whose sums meet in shared memory.
+constexpr int RQ_CB_THREADS = 256;
+
 template <int D>
-__global__ void rq_fattn_combine(const float * __restrict__ part, const float2 * __restrict__ meta,
-                                 const float * __restrict__ sinks, float * __restrict__ dst,
-                                 const int n_splits, const int n_head, const int v_rot /* 0 none, 1 planar, 2 iso */) {
-    const int hq = blockIdx.x, seq = blockIdx.y, m = threadIdx.x;
+__global__ void __launch_bounds__(RQ_CB_THREADS)
+rq_fattn_combine(const float * __restrict__ part, const float2 * __restrict__ meta,
+                 const float * __restrict__ sinks, float * __restrict__ dst,
+                 const int n_splits, const int n_head, const int v_rot /* 0 none, 1 planar, 2 iso */) {
+    constexpr int Q = D/4;                    // quartets: threads of a group
+    constexpr int G = RQ_CB_THREADS/Q;        // groups
+    constexpr int NWARP = RQ_CB_THREADS/WARP_SIZE;
+    __shared__ float  s_max[NWARP];
+    __shared__ float4 s_num[G][Q];
+    __shared__ float  s_den[G];
+
+    const int hq = blockIdx.x, seq = blockIdx.y, tid = threadIdx.x;
+    const int m = tid % Q, grp = tid / Q;
     const int64_t row = (int64_t) seq*n_head + hq;
     const float2 * mt = meta + row*n_splits;
-    float mx = sinks ? sinks[hq] : -FLT_MAX/2.0f;
-    for (int s = 0; s < n_splits; ++s) {
+
+    float mx = -FLT_MAX/2.0f;
+    for (int s = tid; s < n_splits; s += RQ_CB_THREADS) {
         mx = fmaxf(mx, mt[s].x);
     }
-    float num[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    float den = sinks ? expf(sinks[hq] - mx) : 0.0f;
-    for (int s = 0; s < n_splits; ++s) {
-        const float w = expf(mt[s].x - mx);
-        den += w*mt[s].y;
-        const float4 v = *(const float4 *) (part + (row*n_splits + s)*D + 4*m);
-        num[0] += w*v.x; num[1] += w*v.y; num[2] += w*v.z; num[3] += w*v.w;
+    mx = warp_reduce_max(mx);
+    if (tid % WARP_SIZE == 0) {
+        s_max[tid / WARP_SIZE] = mx;
     }
-    finish_quartet(num, den, v_rot, m, dst + row*D);
+    __syncthreads();
+    mx = sinks ? sinks[hq] : -FLT_MAX/2.0f;
+#pragma unroll
+    for (int w = 0; w < NWARP; ++w) {
+        mx = fmaxf(mx, s_max[w]);
+    }
+
+    float4 num = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float den = 0.0f;
+#pragma unroll 4
+    for (int s = grp; s < n_splits; s += G) {
+        const float2 ms = mt[s];
+        const float w = expf(ms.x - mx);
+        const float4 v = *(const float4 *) (part + (row*n_splits + s)*D + 4*m);
+        den += w*ms.y;
+        num.x += w*v.x; num.y += w*v.y; num.z += w*v.z; num.w += w*v.w;
+    }
+    s_num[grp][m] = num;
+    if (m == 0) {
+        s_den[grp] = den;
+    }
+    __syncthreads();
+    if (grp != 0) {
+        return;
+    }
+    float tot[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    den = sinks ? expf(sinks[hq] - mx) : 0.0f;
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+        const float4 v = s_num[g][m];
+        tot[0] += v.x; tot[1] += v.y; tot[2] += v.z; tot[3] += v.w;
+        den += s_den[g];
+    }
+    finish_quartet(tot, den, v_rot, m, dst + row*D);
 }
 
 int rq_v_kind_of(const ggml_type t) {
@@ -190,9 +234,9 @@ void rq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx, ggml_tensor 
 
     const dim3 grid_c(p.n_head, n_seq, 1);
     switch (D) {
-        case 64:  rq_fattn_combine<64 ><<<grid_c, 64/4,  0, stream>>>(p.part, p.meta, p.sinks, p.dst, p.n_splits, p.n_head, p.v_rot); break;
-        case 128: rq_fattn_combine<128><<<grid_c, 128/4, 0, stream>>>(p.part, p.meta, p.sinks, p.dst, p.n_splits, p.n_head, p.v_rot); break;
-        case 256: rq_fattn_combine<256><<<grid_c, 256/4, 0, stream>>>(p.part, p.meta, p.sinks, p.dst, p.n_splits, p.n_head, p.v_rot); break;
+        case 64:  rq_fattn_combine<64 ><<<grid_c, RQ_CB_THREADS, 0, stream>>>(p.part, p.meta, p.sinks, p.dst, p.n_splits, p.n_head, p.v_rot); break;
+        case 128: rq_fattn_combine<128><<<grid_c, RQ_CB_THREADS, 0, stream>>>(p.part, p.meta, p.sinks, p.dst, p.n_splits, p.n_head, p.v_rot); break;
+        case 256: rq_fattn_combine<256><<<grid_c, RQ_CB_THREADS, 0, stream>>>(p.part, p.meta, p.sinks, p.dst, p.n_splits, p.n_head, p.v_rot); break;
     }
     CUDA_CHECK(cudaGetLastError());
 }
