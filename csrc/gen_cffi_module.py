@@ -12,7 +12,7 @@ from pathlib import Path
 import cffi
 
 # Headers the generated module includes, in this order.
-INCLUDES = ("llama.h", "ggml.h", "ggml-backend.h", "ggml-cpu.h", "rq_shim.h", "rq_chat.h", "rq-cpu.h", "mtmd.h", "mtmd-helper.h")
+INCLUDES = ("llama.h", "ggml.h", "ggml-backend.h", "ggml-cpu.h", "ggml-rpc.h", "rq_shim.h", "rq_chat.h", "rq-cpu.h", "mtmd.h", "mtmd-helper.h")
 
 
 def main() -> None:

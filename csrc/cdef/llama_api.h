@@ -46,6 +46,22 @@ ggml_backend_reg_t ggml_backend_dev_backend_reg(ggml_backend_dev_t device);
 ggml_backend_dev_t ggml_backend_dev_by_name(const char * name);
 typedef struct ggml_backend_buffer_type * ggml_backend_buffer_type_t;
 ggml_backend_buffer_type_t ggml_backend_dev_buffer_type(ggml_backend_dev_t device);
+enum ggml_backend_dev_type {
+    GGML_BACKEND_DEVICE_TYPE_CPU = ..., GGML_BACKEND_DEVICE_TYPE_GPU = ...,
+    GGML_BACKEND_DEVICE_TYPE_IGPU = ..., GGML_BACKEND_DEVICE_TYPE_ACCEL = ...,
+    ...
+};
+enum ggml_backend_dev_type ggml_backend_dev_type(ggml_backend_dev_t device);
+ggml_backend_reg_t ggml_backend_reg_by_name(const char * name);
+size_t             ggml_backend_reg_dev_count(ggml_backend_reg_t reg);
+ggml_backend_dev_t ggml_backend_reg_dev_get(ggml_backend_reg_t reg, size_t index);
+void *             ggml_backend_reg_get_proc_address(ggml_backend_reg_t reg, const char * name);
+void               ggml_backend_register(ggml_backend_reg_t reg);
+
+/* ggml-rpc.h: the protocol version this build speaks (its functions are reached through
+   the "RPC" backend registry, as llama.cpp's common code does) */
+#define RPC_PROTO_MAJOR_VERSION ...
+#define RPC_PROTO_MINOR_VERSION ...
 
 /* ---- llama: types -------------------------------------------------------- */
 #define LLAMA_DEFAULT_SEED ...
@@ -90,6 +106,7 @@ struct llama_model_tensor_buft_override {
 };
 
 struct llama_model_params {
+    ggml_backend_dev_t * devices;
     const struct llama_model_tensor_buft_override * tensor_buft_overrides;
     int32_t n_gpu_layers;
     enum llama_split_mode split_mode;
@@ -341,6 +358,8 @@ struct rq_memory_bytes {
     size_t compute;
 };
 void rq_context_memory(const struct llama_context * ctx, struct rq_memory_bytes * out);
+size_t rq_context_memory_by_buft(const struct llama_context * ctx, ggml_backend_dev_t * devs,
+                                 struct rq_memory_bytes * out, size_t cap);
 void rq_log_silence(void);
 struct rq_abort;
 struct rq_abort * rq_abort_new(void);

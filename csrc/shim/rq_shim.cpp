@@ -33,6 +33,22 @@ void rq_context_memory(const struct llama_context * ctx, struct rq_memory_bytes 
     }
 }
 
+size_t rq_context_memory_by_buft(const struct llama_context * ctx, ggml_backend_dev_t * devs,
+                                 struct rq_memory_bytes * out, size_t cap) {
+    if (ctx == nullptr) {
+        return 0;
+    }
+    size_t n = 0;
+    for (const auto & [buft, mb] : llama_get_memory_breakdown(ctx)) {
+        if (n < cap) {
+            devs[n] = ggml_backend_buft_get_device(buft);
+            out[n]  = {mb.model, mb.context, mb.compute};
+        }
+        ++n;
+    }
+    return n;
+}
+
 static void rq_log_drop(enum ggml_log_level, const char *, void *) {}
 
 void rq_log_silence(void) {

@@ -2,6 +2,8 @@
 // Everything here is plain C so cffi can bind it; keep it thin.
 #pragma once
 
+#include "ggml-backend.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -23,6 +25,11 @@ struct rq_memory_bytes {
 };
 
 void rq_context_memory(const struct llama_context * ctx, struct rq_memory_bytes * out);
+
+// The same per buffer type: up to cap entries into devs (the device the buffer type
+// belongs to; NULL for one of none) and out; returns how many buffer types there are.
+size_t rq_context_memory_by_buft(const struct llama_context * ctx, ggml_backend_dev_t * devs,
+                                 struct rq_memory_bytes * out, size_t cap);
 
 // Drop llama/ggml logs.  Python installs its own callback (rotorquant/_logging.py)
 // and calls this at interpreter exit: a log line from a C destructor must not

@@ -7,7 +7,7 @@
 >>> llm = Llama("model.gguf", cache_type_k="iso4", cache_type_v="iso3")
 """
 from . import cache_types, errors
-from .errors import ChatError, ContextError, DecodeError, KVPolicyError, ModelLoadError, RotorQuantError
+from .errors import ChatError, ContextError, DecodeError, KVPolicyError, ModelLoadError, RotorQuantError, RpcError
 from .info import build_info
 from ._native import build_config
 from .llama import Llama
@@ -16,4 +16,4 @@ from .sampling import Sampling
 __version__ = build_config.VERSION
 
 __all__ = ["Llama", "Sampling", "build_info", "cache_types", "errors", "RotorQuantError", "ModelLoadError",
-           "ChatError", "ContextError", "DecodeError", "KVPolicyError", "__version__"]
+           "ChatError", "ContextError", "DecodeError", "KVPolicyError", "RpcError", "__version__"]

@@ -36,3 +36,8 @@ class KVPolicyError(ValueError):
 class ChatError(ValueError):
     """A chat request that the model's template or upstream's chat code refused (bad
     messages, tools or options, a template that does not parse); the message is theirs."""
+
+
+class RpcError(RotorQuantError):
+    """An RPC server (``ggml-rpc-server``) that cannot be used: unreachable, busy with
+    another client, not an RPC server, or speaking another protocol version."""

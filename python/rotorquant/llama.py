@@ -72,7 +72,11 @@ class Llama(ChatMixin):
     Placement (:mod:`rotorquant.placement`): ``split_mode`` ("none", "layer", "row",
     "tensor"), ``main_gpu``, ``tensor_split`` (shares per GPU), ``override_tensor``
     ({"exps": "CPU"}: tensor-name regex -> device), ``n_cpu_moe`` (experts of the first N
-    layers stay in RAM), ``use_mmap`` / ``use_mlock`` (None: llama.cpp decides).
+    layers stay in RAM), ``use_mmap`` / ``use_mlock`` (None: llama.cpp decides),
+    ``rpc_servers`` (["host:port", ...] of ``rq-run rpc-server`` / ``ggml-rpc-server``
+    processes of the same build: their devices take layers first, as with llama.cpp's
+    ``--rpc``; each is probed before use, :class:`~rotorquant.errors.RpcError` if it
+    cannot serve).
     ``embeddings=True`` (with ``pooling``) makes :meth:`embed` available.
 
     ``kv_policy`` shapes a quantized cache per model (``rq-run calibrate`` writes one):
@@ -110,7 +114,8 @@ class Llama(ChatMixin):
                  use_mmap: bool | None = None, use_mlock: bool = False,
                  chat_template: str | None = None, ctx_checkpoints: int = 4, fit: bool = False,
                  fit_target_mib: int = 1024, fit_min_ctx: int = 4096,
-                 mmproj_path: str | os.PathLike[str] | None = None):
+                 mmproj_path: str | os.PathLike[str] | None = None,
+                 rpc_servers: Sequence[str] | None = None):
         self._lock = threading.RLock()
         self._chat: ChatTemplate | None = None
         self._checkpoints: Checkpoints | None = None
@@ -141,7 +146,7 @@ class Llama(ChatMixin):
         self.embeddings = bool(embeddings)
         placement = Placement(split_mode=split_mode, main_gpu=main_gpu, tensor_split=tensor_split,
                               override_tensor=override_tensor, n_cpu_moe=n_cpu_moe,
-                              use_mmap=use_mmap, use_mlock=use_mlock)
+                              use_mmap=use_mmap, use_mlock=use_mlock, rpc_servers=rpc_servers)
         _positive_int("n_ctx", n_ctx, minimum=0)
         _positive_int("ctx_checkpoints", ctx_checkpoints, minimum=0)
         _positive_int("n_batch", n_batch)
@@ -313,13 +318,27 @@ class Llama(ChatMixin):
         return dict(self._metadata)
 
     @_locked
-    def memory_bytes(self) -> dict[str, int]:
+    def memory_bytes(self, *, by_device: bool = False) -> dict[str, int] | dict[str, dict[str, int]]:
         """Bytes held, summed over devices: ``model`` weights, ``context``
-        (KV cache and recurrent state) and ``compute`` buffers."""
+        (KV cache and recurrent state) and ``compute`` buffers.  ``by_device=True``: the
+        same per device name ("CPU", "CUDA0", "RPC0", ...), to see where layers went."""
         self._check_open()
-        out = ffi.new("struct rq_memory_bytes *")
-        lib.rq_context_memory(self._ctx, out)
-        return {"model": out.model, "context": out.context, "compute": out.compute}
+        if not by_device:
+            out = ffi.new("struct rq_memory_bytes *")
+            lib.rq_context_memory(self._ctx, out)
+            return {"model": out.model, "context": out.context, "compute": out.compute}
+        n = lib.rq_context_memory_by_buft(self._ctx, ffi.NULL, ffi.NULL, 0)
+        devs, mem = ffi.new("ggml_backend_dev_t[]", n), ffi.new("struct rq_memory_bytes[]", n)
+        lib.rq_context_memory_by_buft(self._ctx, devs, mem, n)
+        totals: dict[str, dict[str, int]] = {}
+        for dev, m in zip(devs, mem):
+            # a buffer type of no device is host memory (the mapped model file): "CPU"
+            name = ffi.string(lib.ggml_backend_dev_name(dev)).decode() if dev != ffi.NULL else "CPU"
+            t = totals.setdefault(name, {"model": 0, "context": 0, "compute": 0})
+            t["model"] += m.model
+            t["context"] += m.context
+            t["compute"] += m.compute
+        return totals
 
     @_locked
     def perf(self) -> dict[str, float]:

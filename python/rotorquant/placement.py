@@ -3,7 +3,8 @@ overrides and loading, checked before any C call.
 
 ``override_tensor`` maps regular expressions over tensor names (as llama.cpp's
 ``--override-tensor``, matched with ``std::regex_search``) to a device name ("CPU",
-"CUDA0", ...).  ``n_cpu_moe=N`` keeps the expert tensors of the first N layers in system
+"CUDA0", "RPC0", ...).  ``rpc_servers`` adds the devices of ``ggml-rpc-server`` processes
+(:mod:`rotorquant.rpc`) in front of this machine's GPUs.  ``n_cpu_moe=N`` keeps the expert tensors of the first N layers in system
 memory, the usual way to run a large MoE (Qwen3.5-397B) with the rest on the GPU.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
+from . import rpc
 from ._native import ffi, lib
 
 SPLIT_MODES = {"none": "LLAMA_SPLIT_MODE_NONE", "layer": "LLAMA_SPLIT_MODE_LAYER",
@@ -34,7 +36,8 @@ class Placement:
     def __init__(self, *, split_mode: str = "layer", main_gpu: int = 0,
                  tensor_split: Sequence[float] | None = None,
                  override_tensor: Mapping[str, str] | None = None, n_cpu_moe: int = 0,
-                 use_mmap: bool | None = None, use_mlock: bool = False):
+                 use_mmap: bool | None = None, use_mlock: bool = False,
+                 rpc_servers: Sequence[str] | None = None):
         if split_mode not in SPLIT_MODES:
             raise ValueError(f"split_mode must be one of {sorted(SPLIT_MODES)}, not {split_mode!r}")
         for name, value in (("main_gpu", main_gpu), ("n_cpu_moe", n_cpu_moe)):
@@ -45,6 +48,9 @@ class Placement:
         if not isinstance(use_mlock, bool):
             raise ValueError(f"use_mlock must be a bool, not {use_mlock!r}")
         self.split_mode, self.main_gpu, self.use_mmap, self.use_mlock = split_mode, main_gpu, use_mmap, use_mlock
+        # first: the servers' devices are names override_tensor may use
+        self.rpc_servers = list(rpc_servers) if rpc_servers is not None else []
+        self._devices = rpc.model_devices(rpc.add_servers(rpc_servers) if rpc_servers is not None else [])
         self._split = ffi.NULL
         if tensor_split is not None:
             shares = list(tensor_split)
@@ -99,6 +105,7 @@ class Placement:
                                  margin_mib << 20, n_ctx_min)
 
     def apply(self, mparams) -> None:
+        mparams.devices = self._devices
         mparams.split_mode = getattr(lib, SPLIT_MODES[self.split_mode])
         mparams.main_gpu = self.main_gpu
         mparams.tensor_split = self._split

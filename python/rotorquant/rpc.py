@@ -1,0 +1,121 @@
+"""llama.cpp's RPC backend: the devices of ``ggml-rpc-server`` processes, by endpoint.
+
+``Llama(rpc_servers=["host:port", ...])`` places layers on other machines (each server
+offers its own devices: CPU, or its GPUs).  Upstream's client aborts the process when an
+endpoint does not parse, cannot be reached or answers with another protocol version, so
+an endpoint reaches C only after this module has connected to it itself and read the
+server's answer to the protocol's HELLO: a clear :class:`~rotorquant.errors.RpcError`
+instead of a dead interpreter.
+
+Registering a server is for the life of the process (llama.cpp keeps a registry of
+backends); which devices a model uses is decided per load (:func:`model_devices`), so a
+later ``Llama`` without ``rpc_servers`` does not use servers an earlier one added.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Sequence
+
+from ._native import ffi, lib
+from .errors import RpcError
+
+# Wire constants of ggml-rpc's HELLO, which are not in its public header: the command byte
+# (fixed by the protocol: "RPC_CMD_HELLO must be always 14") and the size of the transport
+# capability block (transport.h); all zero = a plain TCP client.
+_CMD_HELLO = 14
+_CAPS_SIZE = 24
+_PROBE_TIMEOUT_S = 5.0
+
+_registered: dict[str, list] = {}  # endpoint -> its devices (ggml_backend_dev_t)
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """``"host:port"`` -> (host, port); a ValueError names what is wrong."""
+    if not isinstance(endpoint, str):
+        raise ValueError(f"an RPC server is 'host:port', not {endpoint!r}")
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"an RPC server is 'host:port' with a port in 1..65535, not {endpoint!r}")
+    if ":" in host:
+        raise ValueError(f"RPC server {endpoint!r}: llama.cpp's client takes a host name or an IPv4 "
+                         "address (the first ':' ends the host)")
+    return host, int(port)
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise ConnectionError("connection closed")
+        data += chunk
+    return data
+
+
+def probe(endpoint: str, timeout: float = _PROBE_TIMEOUT_S) -> tuple[int, int, int]:
+    """Connect to an RPC server, send HELLO and return its protocol version (major,
+    minor, patch); RpcError if that fails or the version is not one this build speaks."""
+    host, port = parse_endpoint(endpoint)
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(bytes([_CMD_HELLO]) + struct.pack("<Q", _CAPS_SIZE) + bytes(_CAPS_SIZE))
+            (size,) = struct.unpack("<Q", _recv_exactly(sock, 8))
+            if size < 3 or size > 4096:
+                raise RpcError(f"RPC server {endpoint}: answered HELLO with {size} bytes; is it an RPC server?")
+            major, minor, patch = _recv_exactly(sock, size)[:3]
+    except socket.timeout:
+        raise RpcError(f"RPC server {endpoint}: no answer within {timeout:g} s (busy with another "
+                       "client, or not an RPC server)") from None
+    except OSError as exc:
+        raise RpcError(f"RPC server {endpoint}: cannot connect ({exc.strerror or exc})") from None
+    if major != lib.RPC_PROTO_MAJOR_VERSION or minor > lib.RPC_PROTO_MINOR_VERSION:
+        raise RpcError(f"RPC server {endpoint} speaks protocol {major}.{minor}.{patch}; this build speaks "
+                       f"{lib.RPC_PROTO_MAJOR_VERSION}.{lib.RPC_PROTO_MINOR_VERSION}: use the same "
+                       "rotorquant build on both ends")
+    return major, minor, patch
+
+
+def add_servers(endpoints: Sequence[str]) -> list:
+    """Probe and register each server once per process; return their devices in order."""
+    if isinstance(endpoints, str) or not isinstance(endpoints, Sequence) or not endpoints:
+        raise ValueError(f"rpc_servers must be a non-empty list of 'host:port', not {endpoints!r}")
+    for ep in endpoints:
+        parse_endpoint(ep)
+    if len(set(endpoints)) != len(endpoints):
+        raise ValueError(f"rpc_servers lists a server twice: {list(endpoints)}")
+    reg = lib.ggml_backend_reg_by_name(b"RPC")
+    if reg == ffi.NULL:
+        raise RpcError("this build has no RPC backend")
+    add = ffi.cast("ggml_backend_reg_t (*)(const char *)",
+                   lib.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_rpc_add_server"))
+    devices = []
+    for ep in endpoints:
+        if ep not in _registered:
+            probe(ep)
+            server = add(ep.encode())
+            if server == ffi.NULL:
+                raise RpcError(f"RPC server {ep} offers no devices")
+            lib.ggml_backend_register(server)
+            _registered[ep] = [lib.ggml_backend_reg_dev_get(server, i)
+                               for i in range(lib.ggml_backend_reg_dev_count(server))]
+        devices += _registered[ep]
+    return devices
+
+
+def model_devices(rpc_devices: Sequence) -> object:
+    """The NULL-terminated device list for ``llama_model_params.devices``: the given RPC
+    devices first (llama.cpp's own order: fewer transfers), then this machine's GPUs (its
+    integrated GPUs where it has no discrete one).  ``ffi.NULL`` (llama.cpp's default
+    choice) when no RPC server is registered in this process."""
+    if not rpc_devices and not _registered:
+        return ffi.NULL
+    local = {lib.GGML_BACKEND_DEVICE_TYPE_GPU: [], lib.GGML_BACKEND_DEVICE_TYPE_IGPU: []}
+    rpc_reg = lib.ggml_backend_reg_by_name(b"RPC")
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        kind = lib.ggml_backend_dev_type(dev)
+        if kind in local and lib.ggml_backend_dev_backend_reg(dev) != rpc_reg:
+            local[kind].append(dev)
+    chosen = list(rpc_devices) + (local[lib.GGML_BACKEND_DEVICE_TYPE_GPU] or local[lib.GGML_BACKEND_DEVICE_TYPE_IGPU])
+    return ffi.new("ggml_backend_dev_t[]", chosen + [ffi.NULL])

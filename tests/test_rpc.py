@@ -1,0 +1,106 @@
+"""Llama(rpc_servers=[...]): layers on ggml-rpc-server processes (llama.cpp's RPC backend).
+
+A server on loopback runs this build's CPU backend, so weights and the rotor KV cache
+live, and attention runs, in that process; what comes back is what runs here.  An endpoint
+reaches llama.cpp's client (which aborts the process on a failed connection) only after
+rotorquant has talked to it itself.
+"""
+import os
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from rotorquant import Llama, RpcError, rpc
+from rotorquant._native import BIN_DIR
+
+PROMPT = "The capital of France is"
+KW = dict(n_ctx=512, cache_type_k="iso3", cache_type_v="iso3", n_threads=2, seed=1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def rpc_server():
+    port = free_port()
+    proc = subprocess.Popen([os.path.join(BIN_DIR, "ggml-rpc-server"), "-H", "127.0.0.1", "-p", str(port), "-t", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:  # a connection that is closed at once is all the server sees of this
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("ggml-rpc-server did not start")
+            time.sleep(0.1)
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_a_model_on_an_rpc_server_generates_what_it_generates_here(smollm2_model, rpc_server):
+    with Llama(smollm2_model, n_gpu_layers=99, rpc_servers=[rpc_server], **KW) as llm:
+        remote = llm.generate(PROMPT, max_tokens=24, temperature=0)
+        where = llm.memory_bytes(by_device=True)
+    with Llama(smollm2_model, **KW) as llm:
+        local = llm.generate(PROMPT, max_tokens=24, temperature=0)
+    assert remote == local
+    (server,) = [name for name in where if name.startswith("RPC")]
+    assert where[server]["model"] > 0 and where[server]["context"] > 0  # weights and iso3 cache there
+
+
+def test_a_later_model_without_rpc_servers_keeps_its_layers_here(smollm2_model, rpc_server):
+    with Llama(smollm2_model, n_gpu_layers=99, rpc_servers=[rpc_server], **KW):
+        pass
+    with Llama(smollm2_model, n_gpu_layers=99, **KW) as llm:
+        assert not any(name.startswith("RPC") for name in llm.memory_bytes(by_device=True))
+
+
+def test_an_unreachable_server_is_a_clear_error(tiny_model):
+    endpoint = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(RpcError, match=f"{endpoint}: cannot connect"):
+        Llama(tiny_model, rpc_servers=[endpoint])
+
+
+def serve_once(reply: bytes) -> str:
+    """A TCP server on loopback that answers its first client with `reply` and closes."""
+    sock = socket.create_server(("127.0.0.1", 0))
+
+    def answer():
+        conn, _ = sock.accept()
+        with conn, sock:
+            conn.recv(64)
+            conn.sendall(reply)
+
+    threading.Thread(target=answer, daemon=True).start()
+    return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_a_server_of_another_protocol_version_is_refused(tiny_model):
+    hello_of_v6 = (28).to_bytes(8, "little") + bytes([6, 0, 0, 0]) + bytes(24)
+    with pytest.raises(RpcError, match="speaks protocol 6.0.0; this build speaks 7"):
+        Llama(tiny_model, rpc_servers=[serve_once(hello_of_v6)])
+
+
+def test_something_that_is_not_an_rpc_server_is_refused(tiny_model):
+    with pytest.raises(RpcError, match="is it an RPC server"):
+        Llama(tiny_model, rpc_servers=[serve_once(b"HTTP/1.1 400 Bad Request\r\n\r\n")])
+
+
+@pytest.mark.parametrize("servers", [["localhost"], ["host:0"], ["host:65536"], [":50052"], ["host:port"],
+                                     ["::1:50052"], ["a:1", "a:1"], "a:1", [], [50052]])
+def test_malformed_rpc_servers_are_refused_before_any_connection(tiny_model, servers):
+    with pytest.raises(ValueError):
+        Llama(tiny_model, rpc_servers=servers)
+
+
+def test_endpoints_parse_as_the_client_reads_them():
+    assert rpc.parse_endpoint("192.168.1.7:50052") == ("192.168.1.7", 50052)
+    assert rpc.parse_endpoint("gpu-box.local:1") == ("gpu-box.local", 1)
