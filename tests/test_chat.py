@@ -218,6 +218,38 @@ def test_a_reasoning_budget_cuts_the_thinking_and_forces_the_end_tag(smollm2_mod
     assert skipped.get("reasoning_content", "").strip() == ""
 
 
+# Hermes-style tool calls and a thinking block opened by the generation prompt: upstream's
+# chat code finds both (a lazy tool-call grammar triggered by "<tool_call>\n", <think> tags)
+TOOLS_THINKING_TEMPLATE = (
+    "{%- if tools %}<|im_start|>system\nTools: {% for t in tools %}{{ t | tojson }}{% endfor %}\n"
+    "Call one as <tool_call>{\"name\": ..., \"arguments\": ...}</tool_call><|im_end|>\n{% endif %}"
+    "{%- for m in messages %}<|im_start|>{{ m.role }}\n"
+    "{%- if m.role == 'assistant' %}{% if m.reasoning_content %}<think>\n{{ m.reasoning_content }}\n</think>\n{% endif %}"
+    "{% if m.content %}{{ m.content }}{% endif %}{% if m.tool_calls %}{% for tc in m.tool_calls %}<tool_call>\n"
+    "{\"name\": \"{{ tc.function.name }}\", \"arguments\": {{ tc.function.arguments | tojson }}}\n</tool_call>"
+    "{% endfor %}{% endif %}"
+    "{%- elif m.role == 'tool' %}<tool_response>\n{{ m.content }}\n</tool_response>{% else %}{{ m.content }}{% endif %}"
+    "<|im_end|>\n{% endfor %}"
+    "{%- if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}")
+
+
+def test_with_tools_a_reasoning_block_is_thinking_and_a_budget_still_closes_it(qwen_model):
+    """As in the server, the tool-call grammar is off while a reasoning block counts or is
+    forced closed: a forced budget message holding the call trigger stays reasoning (with
+    the grammar on, it would have started a call and then refused the forced end tag)."""
+    msgs = [{"role": "user", "content": "What's the weather in Paris?"}]
+    with Llama(qwen_model, n_ctx=1024, n_threads=2, chat_template=TOOLS_THINKING_TEMPLATE) as llm:
+        cp = llm._chat_template().render(msgs, tools=WEATHER)
+        assert cp.grammar_lazy and cp.trigger_patterns == ("<tool_call>\n",) and cp.thinking_start_tag == "<think>"
+        out = llm.create_chat_completion(msgs, tools=WEATHER, max_tokens=48, temperature=0, reasoning_budget=3,
+                                         reasoning_budget_message=" <tool_call>\n")
+        msg = out["choices"][0]["message"]
+        thought = msg["reasoning_content"].removesuffix(" <tool_call>\n")
+        assert thought != msg["reasoning_content"]  # the forced message, trigger and all, is reasoning
+        assert 0 < len(llm.tokenize(thought, add_special=False)) <= 3
+    assert not msg.get("tool_calls") and out["choices"][0]["finish_reason"] != "tool_calls"
+
+
 def test_json_schema_to_grammar_is_upstreams_converter():
     gbnf = json_schema_to_grammar({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]})
     assert gbnf.startswith("integer ::=") or "root ::=" in gbnf

@@ -436,6 +436,7 @@ char * rq_chat_parse(const struct rq_chat_parser * parser, const char * text, bo
 struct llama_sampler * rq_reasoning_budget_new(const struct llama_vocab * vocab, const char * start,
                                                const char * const * ends, size_t n_ends, const char * message,
                                                int32_t budget, const char * generation_prompt, char ** error);
+struct llama_sampler * rq_reasoning_gated_grammar_new(struct llama_sampler * budget, struct llama_sampler * grammar);
 char * rq_json_schema_to_grammar(const char * schema_json, char ** error);
 
 /* C logs reach Python through this callback (rotorquant/_logging.py). */

@@ -354,3 +354,100 @@ struct llama_sampler * rq_reasoning_budget_new(const struct llama_vocab * vocab,
     std::free(ok);
     return smpl;
 }
+
+// ---- a lazy grammar behind a reasoning budget ---------------------------------------------
+// What upstream's common_sampler does with the two (sampling.cpp, grammar_should_apply):
+// while a reasoning block is counting or forcing, the grammar neither constrains nor sees
+// tokens (a tool-call trigger written while thinking is thinking, and the forced end tag is
+// never rejected); when the block ends, the end tag that ended it is replayed into the
+// grammar (it may hold a trigger).
+
+namespace {
+
+struct rq_gate {
+    llama_sampler * budget;
+    llama_sampler * grammar;
+};
+
+bool rq_gate_open(const rq_gate * g) {
+    const auto state = common_reasoning_budget_get_state(g->budget);
+    return state == REASONING_BUDGET_IDLE || state == REASONING_BUDGET_DONE;
+}
+
+const char * rq_gate_name(const llama_sampler *) {
+    return "rq-reasoning-gated-grammar";
+}
+
+void rq_gate_accept(llama_sampler * smpl, llama_token token) {
+    auto * g = static_cast<rq_gate *>(smpl->ctx);
+    const bool to_grammar = rq_gate_open(g);  // the state before this token decides
+    llama_sampler_accept(g->budget, token);
+    if (!to_grammar && common_reasoning_budget_get_state(g->budget) == REASONING_BUDGET_DONE) {
+        if (const llama_tokens * end = common_reasoning_budget_get_end_match(g->budget)) {
+            for (const llama_token t : *end) {
+                llama_sampler_accept(g->grammar, t);
+            }
+        }
+    }
+    if (to_grammar) {
+        llama_sampler_accept(g->grammar, token);
+    }
+}
+
+void rq_gate_apply(llama_sampler * smpl, llama_token_data_array * cur_p) {
+    auto * g = static_cast<rq_gate *>(smpl->ctx);
+    llama_sampler_apply(g->budget, cur_p);
+    if (rq_gate_open(g)) {
+        llama_sampler_apply(g->grammar, cur_p);
+    }
+}
+
+void rq_gate_reset(llama_sampler * smpl) {
+    auto * g = static_cast<rq_gate *>(smpl->ctx);
+    llama_sampler_reset(g->budget);
+    llama_sampler_reset(g->grammar);
+}
+
+void rq_gate_free(llama_sampler * smpl) {
+    auto * g = static_cast<rq_gate *>(smpl->ctx);
+    llama_sampler_free(g->budget);
+    llama_sampler_free(g->grammar);
+    delete g;
+}
+
+llama_sampler * rq_gate_make(llama_sampler * budget, llama_sampler * grammar);
+
+llama_sampler * rq_gate_clone(const llama_sampler * smpl) {
+    const auto * g = static_cast<const rq_gate *>(smpl->ctx);
+    return rq_gate_make(llama_sampler_clone(g->budget), llama_sampler_clone(g->grammar));
+}
+
+llama_sampler_i rq_gate_iface = {
+    /* .name              = */ rq_gate_name,
+    /* .accept            = */ rq_gate_accept,
+    /* .apply             = */ rq_gate_apply,
+    /* .reset             = */ rq_gate_reset,
+    /* .clone             = */ rq_gate_clone,
+    /* .free              = */ rq_gate_free,
+    /* .backend_init      = */ nullptr,
+    /* .backend_accept    = */ nullptr,
+    /* .backend_apply     = */ nullptr,
+    /* .backend_set_input = */ nullptr,
+    /* .backend_reset     = */ nullptr,
+    /* .copy_state        = */ nullptr,
+};
+
+llama_sampler * rq_gate_make(llama_sampler * budget, llama_sampler * grammar) {
+    return llama_sampler_init(&rq_gate_iface, new rq_gate{budget, grammar});
+}
+
+} // namespace
+
+struct llama_sampler * rq_reasoning_gated_grammar_new(struct llama_sampler * budget, struct llama_sampler * grammar) {
+    if (!budget || !grammar) {
+        llama_sampler_free(budget);
+        llama_sampler_free(grammar);
+        return nullptr;
+    }
+    return rq_gate_make(budget, grammar);
+}

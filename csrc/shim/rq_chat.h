@@ -58,6 +58,12 @@ struct llama_sampler * rq_reasoning_budget_new(const struct llama_vocab * vocab,
                                                const char * const * ends, size_t n_ends, const char * message,
                                                int32_t budget, const char * generation_prompt, char ** error);
 
+// `grammar` (lazy: tool calls) behind `budget` (rq_reasoning_budget_new), gated as
+// llama-server gates them: while the budget counts or forces, the grammar neither
+// constrains nor sees tokens; the end tag that closes the block is replayed into it.
+// Takes ownership of both (also on failure: NULL if either is NULL).
+struct llama_sampler * rq_reasoning_gated_grammar_new(struct llama_sampler * budget, struct llama_sampler * grammar);
+
 // GBNF for a JSON schema (upstream's converter, as the server's "json_schema" uses).
 char * rq_json_schema_to_grammar(const char * schema_json, char ** error);
 

@@ -10,7 +10,7 @@ from ._checks import _alternatives, _locked
 from .chat import ChatPrompt, ChatTemplate, ReplyParser
 from .completion import chat_chunks, chat_completion
 from .media import split_media
-from .sampling import Grammar, ReasoningBudget
+from .sampling import UNLIMITED_REASONING, Grammar, ReasoningBudget
 
 
 class ChatMixin:
@@ -63,7 +63,8 @@ class ChatMixin:
         ``--reasoning-budget``, except that whether the template's generation prompt opened
         the block is read from its text and what the template wrote is not counted.  0 skips
         the thinking, ``None`` or -1 sets no limit, a template without thinking tags ignores
-        it; with ``tools`` it is refused for now.  ``response_format`` as OpenAI's
+        it.  With ``tools`` the tool-call grammar is off inside the thinking block (a call
+        written while thinking is thinking), as in the server.  ``response_format`` as OpenAI's
         (``{"type": "json_object"}``, optionally with ``"schema"``, or
         ``{"type": "json_schema", "json_schema": {"schema": ...}}``) constrains the reply to JSON; ``grammar=`` (GBNF) to a grammar.  ``max_tokens=None``
         runs until the model stops or the context is full.  ``logprobs=True`` (with
@@ -106,9 +107,13 @@ class ChatMixin:
             tokens = self._prompt_tokens(cp.prompt, parse_special=True)
         grammar = self._chat_grammar(cp, root if user_grammar else "root")
         budget = None
-        if reasoning_budget is not None and cp.thinking_start_tag and cp.thinking_end_tags:
-            budget = ReasoningBudget(reasoning_budget, cp.thinking_start_tag, cp.thinking_end_tags,
-                                     reasoning_budget_message, cp.generation_prompt)
+        # as the server: a budget where one is asked for, and an unlimited one where a tool-call
+        # grammar (lazy) has to know where thinking is
+        if (reasoning_budget is not None or (grammar is not None and grammar.lazy)) and \
+                cp.thinking_start_tag and cp.thinking_end_tags:
+            budget = ReasoningBudget(UNLIMITED_REASONING if reasoning_budget is None else reasoning_budget,
+                                     cp.thinking_start_tag, cp.thinking_end_tags, reasoning_budget_message,
+                                     cp.generation_prompt)
         n_prompt, steps = self._start(tokens, self.n_ctx if max_tokens is None else max_tokens,
                                       stops + cp.stops, sampling, top_logprobs=n_top, grammar=grammar,
                                       special=cp.preserved_tokens,

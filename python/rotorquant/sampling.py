@@ -131,12 +131,17 @@ class Grammar:
     prefill: tuple[int, ...] = ()
 
 
+UNLIMITED_REASONING = 2**31 - 1
+
+
 @dataclass(frozen=True)
 class ReasoningBudget:
     """About ``tokens`` generated tokens inside a chat template's reasoning block (from
     ``start`` to one of ``ends``; a UTF-8 character in progress is finished), then
     ``message`` and ``ends[0]`` are forced.  ``generation_prompt``: what the template wrote
-    after the last message, which may have opened (or opened and closed) the block."""
+    after the last message, which may have opened (or opened and closed) the block.
+    ``tokens=UNLIMITED_REASONING`` (the server's INT_MAX) never forces: with tools it only
+    tells the tool-call grammar where thinking is."""
 
     tokens: int
     start: str
@@ -204,10 +209,6 @@ class SamplerChain:
         front = []  # samplers in front of the inner chain, in order; ours until the chain owns them
         try:
             if budget is not None:
-                if grammar is not None and grammar.lazy:
-                    # upstream keeps a lazy grammar off while a budget counts or forces; a
-                    # grammar triggered inside the block would reject the forced end tag
-                    raise ValueError("a reasoning budget cannot be combined with tools or other lazy grammars yet")
                 front.append(self._budget_sampler(budget, vocab))
             if grammar is not None:
                 with Capture() as cap:
@@ -215,9 +216,14 @@ class SamplerChain:
                 if smpl == ffi.NULL:
                     raise ValueError(f"grammar could not be parsed (root rule {grammar.root!r})"
                                      + (f": {cap.reason()}" if cap.reason() else ""))
-                front.append(smpl)
                 for tok in grammar.prefill:
                     lib.llama_sampler_accept(smpl, tok)
+                if budget is not None and grammar.lazy:
+                    # as the server: a lazy grammar (tool calls) is off while the budget
+                    # counts or forces, so a trigger written while thinking is thinking and
+                    # the forced end tag is never rejected
+                    smpl = lib.rq_reasoning_gated_grammar_new(front.pop(), smpl)
+                front.append(smpl)
         except BaseException:
             for smpl in front:
                 lib.llama_sampler_free(smpl)
