@@ -58,6 +58,38 @@ def test_an_image_reaches_the_model_the_same_from_every_kind_of_source(vision_mo
     assert replies[0][1] > text_only["usage"]["prompt_tokens"] + 4  # the image's tokens
 
 
+def test_a_chats_next_turn_keeps_the_image_it_already_encoded(vision_model):
+    """The KV cache's record holds each medium by a hash of its bytes: the next turn of a
+    chat about an image resumes after the image (on this hybrid model, from the state saved
+    there) instead of encoding it again, and replies as a fresh context does."""
+    model, mmproj, image = vision_model
+    turn1 = [{"role": "user", "content": [{"type": "text", "text": "What is in the picture?"},
+                                          {"type": "image_url", "image_url": {"url": str(image)}}]}]
+    with Llama(model, mmproj_path=mmproj, n_ctx=1024, n_threads=2) as llm:
+        first = llm.create_chat_completion(turn1, max_tokens=6, temperature=0)
+        turn2 = turn1 + [first["choices"][0]["message"], {"role": "user", "content": "And its colours?"}]
+        second = llm.create_chat_completion(turn2, max_tokens=6, temperature=0)
+        reused = llm.perf()["prompt_reused_tokens"]
+        other = [{"role": "user", "content": [{"type": "text", "text": "What is in the picture?"},
+                                              {"type": "image", "image": bmp(32, 32)}]}]
+        llm.create_chat_completion(other, max_tokens=2, temperature=0)
+        reused_other = llm.perf()["prompt_reused_tokens"]
+    with Llama(model, mmproj_path=mmproj, n_ctx=1024, n_threads=2) as fresh:
+        again = fresh.create_chat_completion(turn2, max_tokens=6, temperature=0)
+    image_tokens = first["usage"]["prompt_tokens"] - len(llm_text_tokens(model, turn1))
+    assert reused >= image_tokens > 4            # the image (and the text before it) stayed
+    assert reused_other < reused - 4             # another image: only the text before it stays
+    assert second["choices"][0]["message"] == again["choices"][0]["message"]
+    assert second["usage"] == again["usage"]
+
+
+def llm_text_tokens(model, messages) -> list[int]:
+    """The prompt's tokens without its media (their parts dropped)."""
+    text_only = [{**m, "content": [p for p in m["content"] if p["type"] == "text"]} for m in messages]
+    with Llama(model, vocab_only=True) as llm:
+        return llm.tokenize(llm.apply_chat_template(text_only), parse_special=True)
+
+
 def test_the_media_marker_is_private_so_typed_text_is_never_an_image(vision_model):
     model, mmproj, image = vision_model
     with Llama(model, mmproj_path=mmproj, n_ctx=1024, n_threads=2) as llm:

@@ -421,6 +421,19 @@ size_t mtmd_helper_get_n_tokens(const mtmd_input_chunks * chunks);
 int32_t mtmd_helper_eval_chunks(mtmd_context * ctx, struct llama_context * lctx, const mtmd_input_chunks * chunks,
                                 llama_pos n_past, llama_seq_id seq_id, int32_t n_batch, bool logits_last,
                                 llama_pos * new_n_past);
+typedef struct mtmd_input_chunk mtmd_input_chunk;
+enum mtmd_input_chunk_type { MTMD_INPUT_CHUNK_TYPE_TEXT = ..., MTMD_INPUT_CHUNK_TYPE_IMAGE = ..., MTMD_INPUT_CHUNK_TYPE_AUDIO = ..., ... };
+void mtmd_bitmap_set_id(mtmd_bitmap * bitmap, const char * id);
+size_t mtmd_input_chunks_size(const mtmd_input_chunks * chunks);
+const mtmd_input_chunk * mtmd_input_chunks_get(const mtmd_input_chunks * chunks, size_t idx);
+enum mtmd_input_chunk_type mtmd_input_chunk_get_type(const mtmd_input_chunk * chunk);
+const llama_token * mtmd_input_chunk_get_tokens_text(const mtmd_input_chunk * chunk, size_t * n_tokens_output);
+size_t mtmd_input_chunk_get_n_tokens(const mtmd_input_chunk * chunk);
+const char * mtmd_input_chunk_get_id(const mtmd_input_chunk * chunk);
+llama_pos mtmd_input_chunk_get_n_pos(const mtmd_input_chunk * chunk);
+int32_t mtmd_helper_eval_chunk_single(mtmd_context * ctx, struct llama_context * lctx, const mtmd_input_chunk * chunk,
+                                      llama_pos n_past, llama_seq_id seq_id, int32_t n_batch, bool logits_last,
+                                      llama_pos * new_n_past);
 
 /* ---- chat templates and parsing (csrc/shim/rq_chat.h) --------------------- */
 void rq_string_free(char * s);

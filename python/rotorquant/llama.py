@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import array
 import codecs
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ from .kvpolicy import locate as _kv_locate
 from ._checks import _alternatives, _locked, _positive_int
 from .chat_api import ChatMixin
 from .checkpoints import Checkpoints
-from .media import Chunks, Projector
+from .media import Chunks, MediaUnit, Projector, n_tokens, positions
 from .completion import Step, completion, completion_chunks
 from .placement import Placement
 from .sampling import Grammar, ReasoningBudget, SamplerChain, Sampling, logprobs
@@ -93,7 +94,8 @@ class Llama(ChatMixin):
 
     ``mmproj_path``: the multimodal projector (``mmproj-*.gguf``) for images/audio in chat
     messages (:mod:`rotorquant.media`: parts ``image_url``/``input_audio`` with a path, a
-    ``data:`` URI or bytes).
+    ``data:`` URI or bytes); a chat's next turn keeps the KV cache up to the last medium it
+    shares with the previous prompt (a medium is known by a hash of its bytes).
 
     ``chat_template`` (Jinja source) replaces the GGUF's template for the chat methods.
     ``ctx_checkpoints``: on hybrid and recurrent models (Qwen3.5, Mamba), how many
@@ -616,31 +618,38 @@ class Llama(ChatMixin):
         return n_prompt, self._generate(self._generation, tokens, max_tokens, stops, chain, top_logprobs,
                                            special, marks)
 
-    def _keep_prefix(self, tokens: list[int]) -> int:
-        """Reuse the KV cache for the longest prefix ``tokens`` shares with what it holds
-        (a chat's earlier turns, a fixed system prompt): drop the rest and return how many
-        tokens stay.  At least the last token is evaluated again, for its logits.  Where
-        the memory cannot drop a tail (the recurrent state of hybrid models), go back to
-        the newest checkpoint inside the shared prefix (rotorquant/checkpoints.py), or
-        start over if there is none."""
+    def _keep_prefix(self, units: list, boundaries: Sequence[int] | None = None) -> int:
+        """Reuse the KV cache for the longest prefix ``units`` (tokens; for a prompt with
+        media, MediaUnits too) share with what it holds (a chat's earlier turns, a fixed
+        system prompt, an image): drop the rest and return how many units stay.  At least
+        the last unit is evaluated again, for its logits; ``boundaries`` (sorted) are the
+        only unit counts evaluation may resume at (a prompt with media resumes at a chunk).
+        Where the memory cannot drop a tail (the recurrent state of hybrid models), go back
+        to the newest checkpoint inside the shared prefix (rotorquant/checkpoints.py,
+        counted in units), or start over if there is none."""
         mem = lib.llama_get_memory(self._ctx)
+
+        def resumable(n: int) -> int:
+            return n if boundaries is None else max((b for b in boundaries if b <= n), default=0)
+
         keep = 0
         if self._cached:
-            for a, b in zip(self._cached, tokens[:-1]):
+            for a, b in zip(self._cached, units[:-1]):
                 if a != b:
                     break
                 keep += 1
-        ok = keep > 0 and lib.llama_memory_seq_rm(mem, 0, keep, -1)
+        keep = resumable(keep)
+        ok = keep > 0 and lib.llama_memory_seq_rm(mem, 0, positions(units[:keep]), -1)
         if not ok and keep > 0 and self._checkpoints:
             keep = self._checkpoints.restore(keep)
-            ok = keep > 0 and lib.llama_memory_seq_rm(mem, 0, keep, -1)
+            ok = keep > 0 and resumable(keep) == keep and lib.llama_memory_seq_rm(mem, 0, positions(units[:keep]), -1)
         if not ok:
             lib.llama_memory_clear(mem, True)
             keep = 0
         if self._checkpoints is not None:
             self._checkpoints.drop_after(keep)
-        self._cached = list(tokens[:keep])
-        self._reused = keep
+        self._cached = list(units[:keep])
+        self._reused = n_tokens(self._cached)
         return keep
 
     def _eval_prompt(self, tokens: list[int], keep: int, marks: Iterable[int] = ()) -> None:
@@ -661,19 +670,30 @@ class Llama(ChatMixin):
             start = stop
 
     def _eval_media(self, chunks: Chunks) -> int:
-        """Evaluate a prompt with media from an empty cache (mtmd encodes each medium and
-        decodes text and embeddings in order); return the tokens it filled.  The cache
-        then holds embeddings, so the next prompt starts over."""
-        lib.llama_memory_clear(lib.llama_get_memory(self._ctx), True)
-        if self._checkpoints is not None:
-            self._checkpoints.clear()
-        self._cached = None
+        """Evaluate a prompt with media, chunk by chunk (mtmd encodes each medium and
+        decodes text and embeddings), from the first chunk the KV cache does not already
+        hold; return the tokens the prompt fills.  On hybrid models the state is saved
+        after each medium: where a later prompt departs, it goes back to one."""
+        pieces = chunks.units()
+        units = [u for _, us in pieces for u in us]
+        ends = list(itertools.accumulate(len(us) for _, us in pieces))
+        keep = self._keep_prefix(units, boundaries=[0, *ends[:-1]])
+        n_past = positions(units[:keep])
         new_n_past = ffi.new("llama_pos *")
-        with Capture() as cap:
-            rc = self._call_interruptibly(lambda: lib.mtmd_helper_eval_chunks(
-                self._projector._ctx, self._ctx, chunks.ptr, 0, 0, self.n_batch, True, new_n_past))
-        if rc != 0:
-            raise DecodeError(f"evaluating the multimodal prompt failed (error {rc})", cap.reason())
+        for i, ((chunk, us), end) in enumerate(zip(pieces, ends)):
+            if end <= keep:
+                continue
+            with Capture() as cap:
+                rc = self._call_interruptibly(lambda: lib.mtmd_helper_eval_chunk_single(
+                    self._projector._ctx, self._ctx, chunk, n_past, 0, self.n_batch, i == len(pieces) - 1,
+                    new_n_past))
+            if rc != 0:
+                self._cached = None
+                raise DecodeError(f"evaluating the multimodal prompt failed (error {rc})", cap.reason())
+            n_past = new_n_past[0]
+            self._cached += us
+            if self._checkpoints is not None and isinstance(us[0], MediaUnit) and end < len(units):
+                self._checkpoints.take(end)
         return chunks.n_tokens
 
     def _token_text(self, token: int) -> str:

@@ -10,15 +10,19 @@ file.  The formats are mtmd's: images that stb_image reads (PNG, JPEG, BMP, GIF,
 WAV/MP3/FLAC audio.  Remote URLs are refused: nothing is downloaded.
 
 The marker is random per projector (as llama-server's), so text a user types can never
-pass for an image.
+pass for an image.  Each medium is identified by a hash of its bytes, so a chat's next turn
+keeps the KV cache up to the end of the last medium it shares with the previous prompt
+instead of encoding the image again.
 """
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import os
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -117,6 +121,8 @@ class Projector:
                 if wrapped.bitmap == ffi.NULL:
                     raise ValueError(f"media #{i + 1} ({len(data)} bytes) is not an image or audio file this "
                                      f"projector reads" + (f": {cap.reason()}" if cap.reason() else ""))
+                # what the KV cache's record of a medium compares (prefix reuse across prompts)
+                lib.mtmd_bitmap_set_id(wrapped.bitmap, hashlib.sha256(data).hexdigest().encode())
                 bitmaps.append(wrapped.bitmap)
             chunks = Chunks()
             text = prompt.encode("utf-8")
@@ -142,6 +148,26 @@ class Projector:
             self._ctx = ffi.NULL
 
 
+@dataclass(frozen=True)
+class MediaUnit:
+    """One medium in the record of what a KV cache holds, next to text tokens (ints): equal
+    media (same bytes, same encoding) make equal units, so a later prompt can keep it."""
+
+    id: str
+    n_tokens: int
+    n_pos: int  # positions it takes (fewer than its tokens with M-RoPE)
+
+
+def positions(units: Sequence) -> int:
+    """KV positions that a run of units (tokens and MediaUnits) takes."""
+    return sum(u.n_pos if isinstance(u, MediaUnit) else 1 for u in units)
+
+
+def n_tokens(units: Sequence) -> int:
+    """Tokens (KV cells) that a run of units fills."""
+    return sum(u.n_tokens if isinstance(u, MediaUnit) else 1 for u in units)
+
+
 class Chunks:
     """A tokenized multimodal prompt (mtmd_input_chunks)."""
 
@@ -151,6 +177,22 @@ class Chunks:
     @property
     def n_tokens(self) -> int:
         return int(lib.mtmd_helper_get_n_tokens(self.ptr))
+
+    def units(self) -> list[tuple[object, list]]:
+        """Each chunk (a C pointer) with its units: its tokens, or one MediaUnit."""
+        out = []
+        n = ffi.new("size_t *")
+        for i in range(lib.mtmd_input_chunks_size(self.ptr)):
+            chunk = lib.mtmd_input_chunks_get(self.ptr, i)
+            if lib.mtmd_input_chunk_get_type(chunk) == lib.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                toks = lib.mtmd_input_chunk_get_tokens_text(chunk, n)
+                out.append((chunk, list(toks[0:n[0]])))
+            else:
+                cid = lib.mtmd_input_chunk_get_id(chunk)
+                out.append((chunk, [MediaUnit(ffi.string(cid).decode() if cid != ffi.NULL else "",
+                                              int(lib.mtmd_input_chunk_get_n_tokens(chunk)),
+                                              int(lib.mtmd_input_chunk_get_n_pos(chunk)))]))
+        return out
 
     def close(self) -> None:
         if self.ptr is not None:
