@@ -38,7 +38,7 @@ def main(model: str) -> None:
                    cache_type_k="iso3", cache_type_v="iso3") as llm:
             text = llm.generate("The three primary colours are", max_tokens=16, temperature=0)
             for device, mem in llm.memory_bytes(by_device=True).items():
-                print(f"{device}: weights {mem['model'] / 2**20:.1f} MiB, KV cache {mem['context'] / 2**20:.1f} MiB")
+                print(f"{device}: weights {mem['model'] / 2**20:.1f} MiB, KV cache {mem['kv'] / 2**20:.1f} MiB")
             print(repr(text))
     finally:
         server.terminate()

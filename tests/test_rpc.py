@@ -53,7 +53,7 @@ def test_a_model_on_an_rpc_server_generates_what_it_generates_here(smollm2_model
         local = llm.generate(PROMPT, max_tokens=24, temperature=0)
     assert remote == local
     (server,) = [name for name in where if name.startswith("RPC")]
-    assert where[server]["model"] > 0 and where[server]["context"] > 0  # weights and iso3 cache there
+    assert where[server]["model"] > 0 and where[server]["kv"] > 0  # weights and iso3 cache there
 
 
 def test_a_later_model_without_rpc_servers_keeps_its_layers_here(smollm2_model, rpc_server):

@@ -57,6 +57,8 @@ size_t             ggml_backend_reg_dev_count(ggml_backend_reg_t reg);
 ggml_backend_dev_t ggml_backend_reg_dev_get(ggml_backend_reg_t reg, size_t index);
 void *             ggml_backend_reg_get_proc_address(ggml_backend_reg_t reg, const char * name);
 void               ggml_backend_register(ggml_backend_reg_t reg);
+void               ggml_backend_dev_memory(ggml_backend_dev_t device, size_t * free, size_t * total);
+ggml_backend_dev_t ggml_backend_dev_by_type(enum ggml_backend_dev_type type);
 
 /* ggml-rpc.h: the protocol version this build speaks (its functions are reached through
    the "RPC" backend registry, as llama.cpp's common code does) */
@@ -114,6 +116,7 @@ struct llama_model_params {
     int32_t main_gpu;
     const float * tensor_split;
     bool vocab_only;
+    bool no_alloc;
     ...;
 };
 size_t llama_max_devices(void);
@@ -358,8 +361,9 @@ struct rq_memory_bytes {
     size_t compute;
 };
 void rq_context_memory(const struct llama_context * ctx, struct rq_memory_bytes * out);
+struct rq_memory_parts { size_t model; size_t kv; size_t recurrent; size_t compute; };
 size_t rq_context_memory_by_buft(const struct llama_context * ctx, ggml_backend_dev_t * devs,
-                                 struct rq_memory_bytes * out, size_t cap);
+                                 struct rq_memory_parts * out, size_t cap);
 void rq_log_silence(void);
 struct rq_abort;
 struct rq_abort * rq_abort_new(void);

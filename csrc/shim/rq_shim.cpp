@@ -2,6 +2,9 @@
 
 #include "llama.h"
 #include "llama-ext.h"  // upstream's staging C++ API: llama_get_memory_breakdown
+#include "llama-memory-hybrid.h"       // src/: which part of a context's memory is recurrent
+#include "llama-memory-hybrid-iswa.h"
+#include "llama-memory-recurrent.h"
 
 #include "rq-kv-policy.h"
 
@@ -33,16 +36,34 @@ void rq_context_memory(const struct llama_context * ctx, struct rq_memory_bytes 
     }
 }
 
+// Bytes per buffer type of the recurrent part of a context's memory (none for a plain KV cache).
+static std::map<ggml_backend_buffer_type_t, size_t> rq_recurrent_bytes(const llama_context * ctx) {
+    const llama_memory_i * mem = llama_get_memory(ctx);
+    if (const auto * r = dynamic_cast<const llama_memory_recurrent *>(mem)) {
+        return r->memory_breakdown();
+    }
+    if (const auto * h = dynamic_cast<const llama_memory_hybrid *>(mem)) {
+        return h->get_mem_recr()->memory_breakdown();
+    }
+    if (const auto * h = dynamic_cast<const llama_memory_hybrid_iswa *>(mem)) {
+        return h->get_mem_recr()->memory_breakdown();
+    }
+    return {};
+}
+
 size_t rq_context_memory_by_buft(const struct llama_context * ctx, ggml_backend_dev_t * devs,
-                                 struct rq_memory_bytes * out, size_t cap) {
+                                 struct rq_memory_parts * out, size_t cap) {
     if (ctx == nullptr) {
         return 0;
     }
+    const auto recurrent = rq_recurrent_bytes(ctx);
     size_t n = 0;
     for (const auto & [buft, mb] : llama_get_memory_breakdown(ctx)) {
         if (n < cap) {
+            const auto it = recurrent.find(buft);
+            const size_t r = it == recurrent.end() ? 0 : std::min(it->second, mb.context);
             devs[n] = ggml_backend_buft_get_device(buft);
-            out[n]  = {mb.model, mb.context, mb.compute};
+            out[n]  = {mb.model, mb.context - r, r, mb.compute};
         }
         ++n;
     }

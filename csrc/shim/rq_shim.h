@@ -26,10 +26,18 @@ struct rq_memory_bytes {
 
 void rq_context_memory(const struct llama_context * ctx, struct rq_memory_bytes * out);
 
-// The same per buffer type: up to cap entries into devs (the device the buffer type
-// belongs to; NULL for one of none) and out; returns how many buffer types there are.
+// The same per buffer type, the context's memory split into KV cache (attention layers,
+// sliding-window ones included) and recurrent state (the linear-attention/SSM layers of
+// hybrid and recurrent models): up to cap entries into devs (the device the buffer type
+// belongs to; NULL for host memory of none) and out; returns how many buffer types there are.
+struct rq_memory_parts {
+    size_t model;
+    size_t kv;
+    size_t recurrent;
+    size_t compute;
+};
 size_t rq_context_memory_by_buft(const struct llama_context * ctx, ggml_backend_dev_t * devs,
-                                 struct rq_memory_bytes * out, size_t cap);
+                                 struct rq_memory_parts * out, size_t cap);
 
 // Drop llama/ggml logs.  Python installs its own callback (rotorquant/_logging.py)
 // and calls this at interpreter exit: a log line from a C destructor must not

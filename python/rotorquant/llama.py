@@ -322,25 +322,15 @@ class Llama(ChatMixin):
     @_locked
     def memory_bytes(self, *, by_device: bool = False) -> dict[str, int] | dict[str, dict[str, int]]:
         """Bytes held, summed over devices: ``model`` weights, ``context``
-        (KV cache and recurrent state) and ``compute`` buffers.  ``by_device=True``: the
-        same per device name ("CPU", "CUDA0", "RPC0", ...), to see where layers went."""
+        (KV cache and recurrent state) and ``compute`` buffers.  ``by_device=True``: per
+        device name ("CPU", "CUDA0", "RPC0", ...), with ``context`` split into ``kv`` and
+        ``recurrent`` (the state of linear-attention layers), to see where layers went."""
         self._check_open()
         if not by_device:
             out = ffi.new("struct rq_memory_bytes *")
             lib.rq_context_memory(self._ctx, out)
             return {"model": out.model, "context": out.context, "compute": out.compute}
-        n = lib.rq_context_memory_by_buft(self._ctx, ffi.NULL, ffi.NULL, 0)
-        devs, mem = ffi.new("ggml_backend_dev_t[]", n), ffi.new("struct rq_memory_bytes[]", n)
-        lib.rq_context_memory_by_buft(self._ctx, devs, mem, n)
-        totals: dict[str, dict[str, int]] = {}
-        for dev, m in zip(devs, mem):
-            # a buffer type of no device is host memory (the mapped model file): "CPU"
-            name = ffi.string(lib.ggml_backend_dev_name(dev)).decode() if dev != ffi.NULL else "CPU"
-            t = totals.setdefault(name, {"model": 0, "context": 0, "compute": 0})
-            t["model"] += m.model
-            t["context"] += m.context
-            t["compute"] += m.compute
-        return totals
+        return memory_by_device(self._ctx)
 
     @_locked
     def perf(self) -> dict[str, float]:
@@ -877,3 +867,17 @@ def _enable_verbose_logging() -> None:
 
 
 __all__ = ["Llama"]
+
+
+def memory_by_device(ctx) -> dict[str, dict[str, int]]:
+    """A context's memory per device name (a buffer type of no device is host memory: "CPU")."""
+    n = lib.rq_context_memory_by_buft(ctx, ffi.NULL, ffi.NULL, 0)
+    devs, mem = ffi.new("ggml_backend_dev_t[]", n), ffi.new("struct rq_memory_parts[]", n)
+    lib.rq_context_memory_by_buft(ctx, devs, mem, n)
+    totals: dict[str, dict[str, int]] = {}
+    for dev, m in zip(devs, mem):
+        name = ffi.string(lib.ggml_backend_dev_name(dev)).decode() if dev != ffi.NULL else "CPU"
+        t = totals.setdefault(name, {"model": 0, "kv": 0, "recurrent": 0, "compute": 0})
+        for key in t:
+            t[key] += getattr(m, key)
+    return totals

@@ -3,6 +3,7 @@
     rq-run [--print-command] TOOL [tool arguments...]
     rq-run demo [--help]
     rq-run calibrate MODEL [--help]
+    rq-run plan MODEL [--help]
 
 Arguments after TOOL go to the tool unchanged, except for the checks in
 ``tool_args.prepare`` (cache-type names, flash attention for a quantized V
@@ -20,12 +21,15 @@ from .tool_args import TOOLS, ToolArgsError, prepare
 USAGE = f"""usage: rq-run [--print-command] TOOL [ARGS...]
        rq-run demo [--help]
        rq-run calibrate MODEL [--help]
+       rq-run plan MODEL [-c N] [-ctk T[,T...]] [-ctv T] [-np N] [-ngl N] [--help]
 
 Runs the llama.cpp tools bundled with rotorquant.  TOOL is one of:
   {', '.join(TOOLS)}
 and `demo`, which generates text with a quantized KV cache on an embedded model,
-and `calibrate`, which writes a model's KV policy (used automatically afterwards;
-`--kv-policy auto|none|FILE` chooses, default auto).
+`calibrate`, which writes a model's KV policy (used automatically afterwards;
+`--kv-policy auto|none|FILE` chooses, default auto), and `plan`, which shows the memory a
+load needs per device (weights, KV cache, recurrent state, compute) and whether it fits
+(exit status 1 if not).
 
 options:
   --print-command  print the command line instead of running it
@@ -65,8 +69,11 @@ def main(argv: "list[str] | None" = None) -> int:
     if tool == "calibrate":
         from .calibrate import main as calibrate_main
         return calibrate_main(args)
+    if tool == "plan":
+        from .plan import main as plan_main
+        return plan_main(args)
     if tool not in TOOLS:
-        print(f"rq-run: unknown tool {tool!r}; choose one of: {', '.join([*TOOLS, 'demo', 'calibrate'])}",
+        print(f"rq-run: unknown tool {tool!r}; choose one of: {', '.join([*TOOLS, 'demo', 'calibrate', 'plan'])}",
               file=sys.stderr)
         return 2
     try:
