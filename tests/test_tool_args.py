@@ -1,4 +1,6 @@
 """rq-run checks a tool's arguments before starting it (tool_args.prepare)."""
+import socket
+
 import pytest
 
 from rotorquant.cli.tool_args import ToolArgsError, prepare
@@ -52,3 +54,23 @@ def test_server_on_a_public_host_needs_an_api_key(host):
         prepare("server", ["--host", host])
     assert prepare("server", ["--host", host, "--api-key", "s3cret"])
     assert prepare("server", ["--host", host], env={"LLAMA_API_KEY": "k"})
+
+
+def test_the_rpc_server_stays_on_loopback_unless_told_it_has_no_authentication():
+    assert prepare("rpc-server", ["-p", "50052"]) == ["-p", "50052"]  # upstream binds 127.0.0.1
+    assert prepare("rpc-server", ["-H", "::1"]) == ["-H", "::1"]
+    with pytest.raises(ToolArgsError, match="no authentication.*ssh"):
+        prepare("rpc-server", ["-H", "0.0.0.0", "-p", "50052"])
+    notes = []
+    assert prepare("rpc-server", ["--host", "10.0.0.2", "--allow-remote"], notes=notes) == ["--host", "10.0.0.2"]
+    assert notes and notes[0].startswith("WARNING") and "no authentication" in notes[0]
+
+
+def test_rpc_servers_of_a_tool_are_probed_before_it_starts():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]  # nothing listens once closed
+    with pytest.raises(ToolArgsError, match=f"--rpc: RPC server 127.0.0.1:{free}: cannot connect"):
+        prepare("cli", ["-m", "x.gguf", "--rpc", f"127.0.0.1:{free}"])
+    with pytest.raises(ToolArgsError, match="host:port"):
+        prepare("bench", ["-m", "x.gguf", "--rpc", "gpu-box"])

@@ -126,6 +126,10 @@ def prepare(tool: str, args: list[str], env: "dict[str, str] | None" = None,
       is absent, and ``-fa off`` with it is an error;
     * ``server`` binds 127.0.0.1 unless ``--host`` says otherwise, and refuses a
       non-loopback host without an API key;
+    * ``rpc-server`` binds 127.0.0.1 (upstream's default) and refuses any other host
+      unless ``--allow-remote`` (ours, removed) says the user knows it has no
+      authentication; ``--rpc host:port,...`` servers are probed first (a clear error
+      instead of llama.cpp's client aborting);
     * ``--kv-policy auto`` (the default) adds the model's KV policy file when one
       exists (``rq-run calibrate`` writes it) and a cache type is quantized;
       ``none`` adds nothing; a path must exist.  Advice for the user (e.g. that a rotor
@@ -133,11 +137,15 @@ def prepare(tool: str, args: list[str], env: "dict[str, str] | None" = None,
     """
     env = env or {}
     args = list(args)
+    notes = notes if notes is not None else []
+    if tool == "rpc-server":
+        return _rpc_server(args, notes)
     if tool not in _ATTENTION_TOOLS:
         return args
+    _check_rpc_servers(args)
     k_types = _cache_types_in(args, _K_FLAGS, tool)
     v_types = _cache_types_in(args, _V_FLAGS, tool)
-    args = _kv_policy(tool, args, k_types + v_types, notes if notes is not None else [])
+    args = _kv_policy(tool, args, k_types + v_types, notes)
     quantized_v = [t.name for t in v_types if t.needs_flash_attn]
     if quantized_v:
         fa = _values(args, _FA_FLAGS)
@@ -160,3 +168,36 @@ def prepare(tool: str, args: list[str], env: "dict[str, str] | None" = None,
                     "--api-key (or --api-key-file) anyone who can reach the port can use the "
                     "model and read other users' prompts; add --api-key, or bind 127.0.0.1")
     return args
+
+
+_RPC_NO_AUTH = ("ggml-rpc has no authentication: anyone who can reach the port can allocate memory on "
+                "this machine and run graphs on it, and read what other clients send")
+
+
+def _rpc_server(args: list[str], notes: list[str]) -> list[str]:
+    allow = "--allow-remote" in args
+    args = [a for a in args if a != "--allow-remote"]
+    hosts = [value for _, value in _values(args, ("-H", "--host"))]
+    host = hosts[-1] if hosts else "127.0.0.1"
+    if not _is_loopback(host):
+        if not allow:
+            raise ToolArgsError(
+                f"--host {host} exposes the RPC server beyond this machine; {_RPC_NO_AUTH}.  Keep "
+                "127.0.0.1 and reach it through an ssh tunnel (ssh -N -L 50052:127.0.0.1:50052 HOST), "
+                "or add --allow-remote on a network you trust")
+        notes.append(f"WARNING: listening on {host} without authentication; {_RPC_NO_AUTH}")
+    return args
+
+
+def _check_rpc_servers(args: list[str]) -> None:
+    """Probe every ``--rpc`` endpoint before the tool starts."""
+    from ..errors import RpcError
+    from ..rpc import parse_endpoint, probe
+
+    for _, value in _values(args, ("--rpc",)):
+        for endpoint in value.split(","):
+            try:
+                parse_endpoint(endpoint)
+                probe(endpoint)
+            except (ValueError, RpcError) as exc:
+                raise ToolArgsError(f"--rpc: {exc}") from None
