@@ -89,6 +89,14 @@ def test_a_server_of_another_protocol_version_is_refused(tiny_model):
         Llama(tiny_model, rpc_servers=[serve_once(hello_of_v6)])
 
 
+def test_a_server_of_another_build_is_refused_before_any_tensor_travels(tiny_model):
+    """An upstream server speaks the same protocol but not our type table (it hangs up on
+    the command that asks for it): rotor cache type ids would mean nothing there."""
+    hello_of_v7 = (28).to_bytes(8, "little") + bytes([7, 0, 0, 0]) + bytes(24)
+    with pytest.raises(RpcError, match="not a rotorquant build"):
+        Llama(tiny_model, rpc_servers=[serve_once(hello_of_v7)])
+
+
 def test_something_that_is_not_an_rpc_server_is_refused(tiny_model):
     with pytest.raises(RpcError, match="is it an RPC server"):
         Llama(tiny_model, rpc_servers=[serve_once(b"HTTP/1.1 400 Bad Request\r\n\r\n")])

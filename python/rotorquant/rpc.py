@@ -3,9 +3,11 @@
 ``Llama(rpc_servers=["host:port", ...])`` places layers on other machines (each server
 offers its own devices: CPU, or its GPUs).  Upstream's client aborts the process when an
 endpoint does not parse, cannot be reached or answers with another protocol version, so
-an endpoint reaches C only after this module has connected to it itself and read the
-server's answer to the protocol's HELLO: a clear :class:`~rotorquant.errors.RpcError`
-instead of a dead interpreter.
+an endpoint reaches C only after this module has connected to it itself, read the
+server's answer to the protocol's HELLO, and compared the server's ggml type table with
+this build's (patch 0008: the rotor cache type ids travel in every tensor, and a server
+of another build would read them as other types or refuse them): a clear
+:class:`~rotorquant.errors.RpcError` instead of a dead interpreter or garbage.
 
 Registering a server is for the life of the process (llama.cpp keeps a registry of
 backends); which devices a model uses is decided per load (:func:`model_devices`), so a
@@ -20,11 +22,13 @@ from collections.abc import Sequence
 from ._native import ffi, lib
 from .errors import RpcError
 
-# Wire constants of ggml-rpc's HELLO, which are not in its public header: the command byte
-# (fixed by the protocol: "RPC_CMD_HELLO must be always 14") and the size of the transport
-# capability block (transport.h); all zero = a plain TCP client.
+# Wire constants of ggml-rpc, which are not in its public header: the HELLO command byte
+# (fixed by the protocol: "RPC_CMD_HELLO must be always 14"), the size of the transport
+# capability block (transport.h; all zero = a plain TCP client), and the command patch
+# 0008 adds after upstream's, which answers a digest of the server's ggml type table.
 _CMD_HELLO = 14
 _CAPS_SIZE = 24
+_CMD_RQ_TYPE_TABLE = 18
 _PROBE_TIMEOUT_S = 5.0
 
 _registered: dict[str, list] = {}  # endpoint -> its devices (ggml_backend_dev_t)
@@ -43,36 +47,73 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     return host, int(port)
 
 
+class _BadAnswer(Exception):
+    """The peer answered something that is not the protocol's answer (or hung up)."""
+
+
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:
     data = b""
     while len(data) < n:
         chunk = sock.recv(n - len(data))
         if not chunk:
-            raise ConnectionError("connection closed")
+            raise _BadAnswer("connection closed")
         data += chunk
     return data
 
 
+def type_table_digest() -> int:
+    """This build's digest of the ggml type table (what a server of the same build answers)."""
+    reg = lib.ggml_backend_reg_by_name(b"RPC")
+    fn = lib.ggml_backend_reg_get_proc_address(reg, b"rq_rpc_type_table_digest") if reg != ffi.NULL else ffi.NULL
+    if fn == ffi.NULL:
+        raise RpcError("this build has no RPC backend (or not rotorquant's)")
+    return int(ffi.cast("uint64_t (*)(void)", fn)())
+
+
+def _ask(sock: socket.socket, cmd: int, payload: bytes) -> bytes:
+    sock.sendall(bytes([cmd]) + struct.pack("<Q", len(payload)) + payload)
+    (size,) = struct.unpack("<Q", _recv_exactly(sock, 8))
+    if size > 4096:
+        raise _BadAnswer(f"an answer of {size} bytes")
+    return _recv_exactly(sock, size)
+
+
 def probe(endpoint: str, timeout: float = _PROBE_TIMEOUT_S) -> tuple[int, int, int]:
-    """Connect to an RPC server, send HELLO and return its protocol version (major,
-    minor, patch); RpcError if that fails or the version is not one this build speaks."""
+    """Connect to an RPC server, check that it speaks this build's protocol version and
+    has this build's ggml type table (so that the rotor cache types mean the same there),
+    and return its version (major, minor, patch); RpcError naming what is wrong otherwise."""
     host, port = parse_endpoint(endpoint)
+    stage = "HELLO"
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(bytes([_CMD_HELLO]) + struct.pack("<Q", _CAPS_SIZE) + bytes(_CAPS_SIZE))
-            (size,) = struct.unpack("<Q", _recv_exactly(sock, 8))
-            if size < 3 or size > 4096:
-                raise RpcError(f"RPC server {endpoint}: answered HELLO with {size} bytes; is it an RPC server?")
-            major, minor, patch = _recv_exactly(sock, size)[:3]
+            hello = _ask(sock, _CMD_HELLO, bytes(_CAPS_SIZE))
+            if len(hello) < 3:
+                raise _BadAnswer(f"{len(hello)} bytes")
+            major, minor, patch = hello[:3]
+            if major != lib.RPC_PROTO_MAJOR_VERSION or minor > lib.RPC_PROTO_MINOR_VERSION:
+                raise RpcError(f"RPC server {endpoint} speaks protocol {major}.{minor}.{patch}; this build speaks "
+                               f"{lib.RPC_PROTO_MAJOR_VERSION}.{lib.RPC_PROTO_MINOR_VERSION}: use the same "
+                               "rotorquant build on both ends")
+            stage = "the type table"
+            table = _ask(sock, _CMD_RQ_TYPE_TABLE, b"")
+            if len(table) != 16:
+                raise _BadAnswer(f"{len(table)} bytes")
+            digest, n_types = struct.unpack("<QQ", table)
     except socket.timeout:
-        raise RpcError(f"RPC server {endpoint}: no answer within {timeout:g} s (busy with another "
-                       "client, or not an RPC server)") from None
-    except OSError as exc:
-        raise RpcError(f"RPC server {endpoint}: cannot connect ({exc.strerror or exc})") from None
-    if major != lib.RPC_PROTO_MAJOR_VERSION or minor > lib.RPC_PROTO_MINOR_VERSION:
-        raise RpcError(f"RPC server {endpoint} speaks protocol {major}.{minor}.{patch}; this build speaks "
-                       f"{lib.RPC_PROTO_MAJOR_VERSION}.{lib.RPC_PROTO_MINOR_VERSION}: use the same "
-                       "rotorquant build on both ends")
+        raise RpcError(f"RPC server {endpoint}: no answer to {stage} within {timeout:g} s (busy with "
+                       "another client, or not an RPC server)") from None
+    except (_BadAnswer, OSError) as exc:
+        if stage == "HELLO" and isinstance(exc, OSError):
+            raise RpcError(f"RPC server {endpoint}: cannot connect ({exc.strerror or exc})") from None
+        if stage == "HELLO":
+            raise RpcError(f"RPC server {endpoint}: a bad answer to HELLO ({exc}); is it an RPC server?") from None
+        # an upstream server closes the connection on a command it does not know
+        raise RpcError(f"RPC server {endpoint} does not report its ggml type table: it is not a rotorquant "
+                       "build, and its types would not match ours (the rotor cache types); run `rq-run "
+                       "rpc-server` of this build there") from None
+    if digest != type_table_digest() or n_types != lib.GGML_TYPE_COUNT:
+        raise RpcError(f"RPC server {endpoint} has another ggml type table ({n_types} types) than this "
+                       f"build ({lib.GGML_TYPE_COUNT}): use the same rotorquant build on both ends")
     return major, minor, patch
 
 
