@@ -8,6 +8,7 @@ rotorquant has talked to it itself.
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 
@@ -29,17 +30,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def rpc_server():
     port = free_port()
-    proc = subprocess.Popen([os.path.join(BIN_DIR, "ggml-rpc-server"), "-H", "127.0.0.1", "-p", str(port), "-t", "2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:  # a connection that is closed at once is all the server sees of this
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("ggml-rpc-server did not start")
-            time.sleep(0.1)
+    proc = start_server(port)
     yield f"127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=10)
@@ -61,6 +52,43 @@ def test_a_later_model_without_rpc_servers_keeps_its_layers_here(smollm2_model, 
         pass
     with Llama(smollm2_model, n_gpu_layers=99, **KW) as llm:
         assert not any(name.startswith("RPC") for name in llm.memory_bytes(by_device=True))
+
+
+def start_server(port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([os.path.join(BIN_DIR, "ggml-rpc-server"), "-H", "127.0.0.1", "-p", str(port), "-t", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:  # a connection that is closed at once is all the server sees of this
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("ggml-rpc-server did not start")
+            time.sleep(0.1)
+
+
+def test_a_server_that_died_since_its_last_use_is_a_clear_error(tiny_model):
+    """llama.cpp's client connects again for each model and aborts the process if it
+    cannot; an endpoint no model uses is probed again first.  (In a child process: were
+    it the abort, only the child would die.)"""
+    script = f"""
+import subprocess, sys
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+from test_rpc import free_port, start_server
+from rotorquant import Llama, RpcError
+port = free_port()
+server = start_server(port)
+Llama({str(tiny_model)!r}, n_gpu_layers=99, rpc_servers=[f"127.0.0.1:{{port}}"]).close()
+server.kill(); server.wait()
+try:
+    Llama({str(tiny_model)!r}, n_gpu_layers=99, rpc_servers=[f"127.0.0.1:{{port}}"])
+except RpcError as exc:
+    print("RpcError:", exc)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "RpcError: RPC server 127.0.0.1:" in proc.stdout and "cannot connect" in proc.stdout
 
 
 def test_an_unreachable_server_is_a_clear_error(tiny_model):

@@ -62,7 +62,9 @@ size_t rq_context_memory_by_buft(const struct llama_context * ctx, ggml_backend_
         if (n < cap) {
             const auto it = recurrent.find(buft);
             const size_t r = it == recurrent.end() ? 0 : std::min(it->second, mb.context);
-            devs[n] = ggml_backend_buft_get_device(buft);
+            // host memory (a GPU's pinned host buffer too) counts as the CPU's, as in
+            // upstream's own dry run (common/fit.cpp)
+            devs[n] = ggml_backend_buft_is_host(buft) ? nullptr : ggml_backend_buft_get_device(buft);
             out[n]  = {mb.model, mb.context - r, r, mb.compute};
         }
         ++n;

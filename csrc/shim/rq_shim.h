@@ -29,7 +29,8 @@ void rq_context_memory(const struct llama_context * ctx, struct rq_memory_bytes 
 // The same per buffer type, the context's memory split into KV cache (attention layers,
 // sliding-window ones included) and recurrent state (the linear-attention/SSM layers of
 // hybrid and recurrent models): up to cap entries into devs (the device the buffer type
-// belongs to; NULL for host memory of none) and out; returns how many buffer types there are.
+// belongs to; NULL for host memory, a GPU's pinned host buffers included) and out;
+// returns how many buffer types there are.
 struct rq_memory_parts {
     size_t model;
     size_t kv;

@@ -19,7 +19,8 @@ _PARTIAL = lib.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
 
 
 class Checkpoints:
-    """Up to ``limit`` snapshots of sequence 0's recurrent state, by token count."""
+    """Up to ``limit`` snapshots of sequence 0's recurrent state, keyed by how many units of
+    the KV cache's record (tokens, and a whole medium as one) were evaluated."""
 
     def __init__(self, ctx, limit: int):
         self._ctx = ctx

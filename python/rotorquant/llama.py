@@ -17,7 +17,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-from . import cache_types
+from . import cache_types, rpc
 from ._logging import Capture, logger
 from ._native import ffi, lib
 from .errors import ContextError, DecodeError, ModelLoadError
@@ -119,6 +119,7 @@ class Llama(ChatMixin):
                  mmproj_path: str | os.PathLike[str] | None = None,
                  rpc_servers: Sequence[str] | None = None):
         self._lock = threading.RLock()
+        self._rpc_servers: list[str] = []  # in use by this object until close() (rotorquant.rpc)
         self._chat: ChatTemplate | None = None
         self._checkpoints: Checkpoints | None = None
         self._projector: Projector | None = None
@@ -127,7 +128,7 @@ class Llama(ChatMixin):
         self._abort = ffi.NULL
         self._worker: ThreadPoolExecutor | None = None
         self._generation = 0  # bumps on every generate(); stale streams stop
-        self._cached: list[int] | None = []  # tokens in the KV cache, in order (None: unknown)
+        self._cached: list | None = []  # what the KV cache holds, in order: tokens, MediaUnits (None: unknown)
         self._reused = 0                          # prompt tokens the last generation took from it
 
         # Everything checkable is checked before any C call.
@@ -149,6 +150,7 @@ class Llama(ChatMixin):
         placement = Placement(split_mode=split_mode, main_gpu=main_gpu, tensor_split=tensor_split,
                               override_tensor=override_tensor, n_cpu_moe=n_cpu_moe,
                               use_mmap=use_mmap, use_mlock=use_mlock, rpc_servers=rpc_servers)
+        self._rpc_servers = placement.rpc_servers
         _positive_int("n_ctx", n_ctx, minimum=0)
         _positive_int("ctx_checkpoints", ctx_checkpoints, minimum=0)
         _positive_int("n_batch", n_batch)
@@ -268,6 +270,8 @@ class Llama(ChatMixin):
             if self._model != ffi.NULL:
                 lib.llama_model_free(self._model)
                 self._model = ffi.NULL
+            rpc.release(self._rpc_servers)  # after the model, which held the connections
+            self._rpc_servers = []
 
     @property
     def closed(self) -> bool:

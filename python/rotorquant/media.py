@@ -189,7 +189,9 @@ class Chunks:
                 out.append((chunk, list(toks[0:n[0]])))
             else:
                 cid = lib.mtmd_input_chunk_get_id(chunk)
-                out.append((chunk, [MediaUnit(ffi.string(cid).decode() if cid != ffi.NULL else "",
+                known = cid != ffi.NULL and ffi.string(cid)
+                # a medium without an id is never taken for another one
+                out.append((chunk, [MediaUnit(known.decode() if known else f"unknown-{uuid.uuid4()}",
                                               int(lib.mtmd_input_chunk_get_n_tokens(chunk)),
                                               int(lib.mtmd_input_chunk_get_n_pos(chunk)))]))
         return out

@@ -48,9 +48,17 @@ class Placement:
         if not isinstance(use_mlock, bool):
             raise ValueError(f"use_mlock must be a bool, not {use_mlock!r}")
         self.split_mode, self.main_gpu, self.use_mmap, self.use_mlock = split_mode, main_gpu, use_mmap, use_mlock
-        # first: the servers' devices are names override_tensor may use
-        self.rpc_servers = list(rpc_servers) if rpc_servers is not None else []
+        # first: the servers' devices are names override_tensor may use.  They count as in
+        # use (rpc.release) from here until whoever loads with this placement is done.
         self._devices = rpc.model_devices(rpc.add_servers(rpc_servers) if rpc_servers is not None else [])
+        self.rpc_servers = list(rpc_servers) if rpc_servers is not None else []
+        try:
+            self._check_rest(tensor_split, override_tensor, n_cpu_moe)
+        except BaseException:
+            rpc.release(self.rpc_servers)
+            raise
+
+    def _check_rest(self, tensor_split, override_tensor, n_cpu_moe) -> None:
         self._split = ffi.NULL
         if tensor_split is not None:
             shares = list(tensor_split)

@@ -17,7 +17,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from . import cache_types
+from . import cache_types, rpc
 from ._checks import _positive_int
 from ._logging import Capture
 from ._native import ffi, lib
@@ -123,22 +123,25 @@ def plan(model_path: str | os.PathLike[str], *, n_ctx: int, cache_type_k: str = 
     c_policy = ffi.new("char[]", os.fsencode(policy)) if policy else ffi.NULL
     cparams.kv_policy = c_policy
 
-    with Capture() as cap:
-        model = lib.llama_model_load_from_file(os.fsencode(path), mparams)
-    if model == ffi.NULL:
-        raise ModelLoadError(f"could not read model {path}", cap.reason())
     try:
         with Capture() as cap:
-            ctx = lib.llama_init_from_model(model, cparams)
-        if ctx == ffi.NULL:
-            raise ContextError(f"could not plan a context (n_ctx={n_ctx}, K {k}, V {v})", cap.reason())
+            model = lib.llama_model_load_from_file(os.fsencode(path), mparams)
+        if model == ffi.NULL:
+            raise ModelLoadError(f"could not read model {path}", cap.reason())
         try:
-            used = memory_by_device(ctx)
-            n_ctx_real = int(lib.llama_n_ctx(ctx))
+            with Capture() as cap:
+                ctx = lib.llama_init_from_model(model, cparams)
+            if ctx == ffi.NULL:
+                raise ContextError(f"could not plan a context (n_ctx={n_ctx}, K {k}, V {v})", cap.reason())
+            try:
+                used = memory_by_device(ctx)
+                n_ctx_real = int(lib.llama_n_ctx(ctx))
+            finally:
+                lib.llama_free(ctx)
         finally:
-            lib.llama_free(ctx)
+            lib.llama_model_free(model)
     finally:
-        lib.llama_model_free(model)
+        rpc.release(placement.rpc_servers)
     used.setdefault("CPU", {"model": 0, "kv": 0, "recurrent": 0, "compute": 0})
     devices = tuple(DevicePlan(name, m["model"], m["kv"], m["recurrent"], m["compute"], *device_memory(name))
                     for name, m in sorted(used.items(), key=lambda kv: (kv[0] == "CPU", kv[0])))

@@ -11,12 +11,17 @@ of another build would read them as other types or refuse them): a clear
 
 Registering a server is for the life of the process (llama.cpp keeps a registry of
 backends); which devices a model uses is decided per load (:func:`model_devices`), so a
-later ``Llama`` without ``rpc_servers`` does not use servers an earlier one added.
+later ``Llama`` without ``rpc_servers`` does not use servers an earlier one added.  The
+client keeps a connection only while a model uses the server and connects again for the
+next one, so an endpoint nobody uses is probed again before it is used again (a server
+that died meanwhile is an RpcError, not an abort); one in use is not (a server serves one
+client at a time, and this process is that client).
 """
 from __future__ import annotations
 
 import socket
 import struct
+import threading
 from collections.abc import Sequence
 
 from ._native import ffi, lib
@@ -32,6 +37,8 @@ _CMD_RQ_TYPE_TABLE = 18
 _PROBE_TIMEOUT_S = 5.0
 
 _registered: dict[str, list] = {}  # endpoint -> its devices (ggml_backend_dev_t)
+_in_use: dict[str, int] = {}       # endpoint -> models (or plans) using it now
+_lock = threading.Lock()
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
@@ -118,7 +125,8 @@ def probe(endpoint: str, timeout: float = _PROBE_TIMEOUT_S) -> tuple[int, int, i
 
 
 def add_servers(endpoints: Sequence[str]) -> list:
-    """Probe and register each server once per process; return their devices in order."""
+    """Probe (unless in use) and register each server once per process; count it as in use
+    until :func:`release`; return their devices in order."""
     if isinstance(endpoints, str) or not isinstance(endpoints, Sequence) or not endpoints:
         raise ValueError(f"rpc_servers must be a non-empty list of 'host:port', not {endpoints!r}")
     for ep in endpoints:
@@ -126,22 +134,34 @@ def add_servers(endpoints: Sequence[str]) -> list:
     if len(set(endpoints)) != len(endpoints):
         raise ValueError(f"rpc_servers lists a server twice: {list(endpoints)}")
     reg = lib.ggml_backend_reg_by_name(b"RPC")
-    if reg == ffi.NULL:
+    fn = lib.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_rpc_add_server") if reg != ffi.NULL else ffi.NULL
+    if fn == ffi.NULL:
         raise RpcError("this build has no RPC backend")
-    add = ffi.cast("ggml_backend_reg_t (*)(const char *)",
-                   lib.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_rpc_add_server"))
-    devices = []
-    for ep in endpoints:
-        if ep not in _registered:
-            probe(ep)
-            server = add(ep.encode())
-            if server == ffi.NULL:
-                raise RpcError(f"RPC server {ep} offers no devices")
-            lib.ggml_backend_register(server)
-            _registered[ep] = [lib.ggml_backend_reg_dev_get(server, i)
-                               for i in range(lib.ggml_backend_reg_dev_count(server))]
-        devices += _registered[ep]
+    add = ffi.cast("ggml_backend_reg_t (*)(const char *)", fn)
+    with _lock:
+        for ep in endpoints:
+            if not _in_use.get(ep):
+                probe(ep)
+            if ep not in _registered:
+                server = add(ep.encode())
+                if server == ffi.NULL:
+                    raise RpcError(f"RPC server {ep} offers no devices")
+                lib.ggml_backend_register(server)
+                _registered[ep] = [lib.ggml_backend_reg_dev_get(server, i)
+                                   for i in range(lib.ggml_backend_reg_dev_count(server))]
+        devices = []
+        for ep in endpoints:
+            _in_use[ep] = _in_use.get(ep, 0) + 1
+            devices += _registered[ep]
     return devices
+
+
+def release(endpoints: Sequence[str]) -> None:
+    """The model (or plan) that :func:`add_servers` counted no longer uses these servers."""
+    with _lock:
+        for ep in endpoints:
+            if _in_use.get(ep):
+                _in_use[ep] -= 1
 
 
 def model_devices(rpc_devices: Sequence) -> object:

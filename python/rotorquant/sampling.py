@@ -216,14 +216,15 @@ class SamplerChain:
                 if smpl == ffi.NULL:
                     raise ValueError(f"grammar could not be parsed (root rule {grammar.root!r})"
                                      + (f": {cap.reason()}" if cap.reason() else ""))
+                front.append(smpl)
                 for tok in grammar.prefill:
                     lib.llama_sampler_accept(smpl, tok)
                 if budget is not None and grammar.lazy:
                     # as the server: a lazy grammar (tool calls) is off while the budget
                     # counts or forces, so a trigger written while thinking is thinking and
                     # the forced end tag is never rejected
-                    smpl = lib.rq_reasoning_gated_grammar_new(front.pop(), smpl)
-                front.append(smpl)
+                    smpl = front.pop()
+                    front.append(lib.rq_reasoning_gated_grammar_new(front.pop(), smpl))
         except BaseException:
             for smpl in front:
                 lib.llama_sampler_free(smpl)

@@ -142,7 +142,7 @@ def prepare(tool: str, args: list[str], env: "dict[str, str] | None" = None,
         return _rpc_server(args, notes)
     if tool not in _ATTENTION_TOOLS:
         return args
-    _check_rpc_servers(args)
+    _check_rpc_servers(args, env)
     k_types = _cache_types_in(args, _K_FLAGS, tool)
     v_types = _cache_types_in(args, _V_FLAGS, tool)
     args = _kv_policy(tool, args, k_types + v_types, notes)
@@ -189,12 +189,16 @@ def _rpc_server(args: list[str], notes: list[str]) -> list[str]:
     return args
 
 
-def _check_rpc_servers(args: list[str]) -> None:
-    """Probe every ``--rpc`` endpoint before the tool starts."""
+def _check_rpc_servers(args: list[str], env: "dict[str, str]") -> None:
+    """Probe every RPC endpoint (``--rpc``, llama-bench's ``-rpc``, LLAMA_ARG_RPC) before
+    the tool starts."""
     from ..errors import RpcError
     from ..rpc import parse_endpoint, probe
 
-    for _, value in _values(args, ("--rpc",)):
+    values = [value for _, value in _values(args, ("--rpc", "-rpc"))]
+    if not values and env.get("LLAMA_ARG_RPC"):
+        values = [env["LLAMA_ARG_RPC"]]
+    for value in values:
         for endpoint in value.split(","):
             try:
                 parse_endpoint(endpoint)
