@@ -2,6 +2,8 @@
 dry run of it (nothing allocated), split into weights, KV cache, recurrent state and
 compute buffers.  A plan must be what the real load then allocates (issue 7: within 5 %)."""
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +66,19 @@ def test_rq_run_plan_prints_a_table_per_cache_type_and_says_whether_it_fits(rq_r
 def test_bad_plan_requests_are_named(rq_run, smollm2_model, args, match):
     proc = run([rq_run, "plan", *[smollm2_model if a == "MODEL" else a for a in args]])
     assert proc.returncode == 2 and match in proc.stderr, proc.stderr
+
+
+def test_a_shape_only_model_plans_as_its_shape_says(tmp_path):
+    """tools/device/gen_synth_gguf.py --shape-only writes the header of a model and leaves its
+    data a hole (llama.cpp's dry run reads nothing else): Qwen3.5-397B's structure cut to 8
+    layers and 8 experts has KV cache in its 2 full-attention layers, recurrent state in the
+    6 others, and weights the size of the file's data."""
+    out = tmp_path / "qwen35-397b-cut.gguf"
+    tool = Path(__file__).resolve().parent.parent / "tools/device/gen_synth_gguf.py"
+    proc = run([sys.executable, tool, "qwen35-397b", out, "--shape-only", "--type", "q4_k",
+                "--n-layer", "8", "--n-expert", "8"])
+    assert proc.returncode == 0, proc.stderr
+    cpu = plan(out, n_ctx=4096, cache_type_k="f16", cache_type_v="f16", kv_policy=None).devices[-1]
+    assert cpu.kv == 2 * 4096 * (2 * 256 + 2 * 256) * 2  # layers x positions x (K + V of 2 heads of 256) x f16
+    assert cpu.recurrent > 0
+    assert 0.95 * out.stat().st_size < cpu.model <= out.stat().st_size
