@@ -47,6 +47,22 @@ def test_a_model_on_an_rpc_server_generates_what_it_generates_here(smollm2_model
     assert where[server]["model"] > 0 and where[server]["kv"] > 0  # weights and iso3 cache there
 
 
+def test_a_model_split_over_two_servers_generates_what_it_generates_here(smollm2_model, rpc_server):
+    second = start_server(port := free_port())
+    try:
+        with Llama(smollm2_model, n_gpu_layers=99, rpc_servers=[rpc_server, f"127.0.0.1:{port}"], **KW) as llm:
+            split = llm.generate(PROMPT, max_tokens=24, temperature=0)
+            where = llm.memory_bytes(by_device=True)
+    finally:
+        second.terminate()
+        second.wait(timeout=10)
+    with Llama(smollm2_model, **KW) as llm:
+        local = llm.generate(PROMPT, max_tokens=24, temperature=0)
+    assert split == local
+    servers = sorted(name for name in where if name.startswith("RPC"))
+    assert len(servers) == 2 and all(where[s]["model"] > 0 and where[s]["kv"] > 0 for s in servers)
+
+
 def test_a_later_model_without_rpc_servers_keeps_its_layers_here(smollm2_model, rpc_server):
     with Llama(smollm2_model, n_gpu_layers=99, rpc_servers=[rpc_server], **KW):
         pass
