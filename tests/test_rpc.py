@@ -107,6 +107,38 @@ except RpcError as exc:
     assert "RpcError: RPC server 127.0.0.1:" in proc.stdout and "cannot connect" in proc.stdout
 
 
+def test_a_server_killed_mid_generation_is_a_clear_error_and_the_process_lives_on(smollm2_model):
+    """Upstream's client aborts when a server it is using goes away; patch 0009 records the
+    loss instead, and the next decode raises DecodeError naming the server.  (In a child
+    process, for the same reason as above.)"""
+    script = f"""
+import sys
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+from test_rpc import KW, free_port, start_server
+from rotorquant import DecodeError, Llama
+port = free_port()
+server = start_server(port)
+llm = Llama({str(smollm2_model)!r}, n_gpu_layers=99, rpc_servers=[f"127.0.0.1:{{port}}"], **KW)
+chunks = llm.create_completion("Once upon a time", max_tokens=200, temperature=0, stream=True)
+try:
+    for i, _ in enumerate(chunks):
+        if i == 3:
+            server.kill()
+            server.wait()
+        if i > 50:
+            print("no error after the server died")
+            break
+except DecodeError as exc:
+    print("DecodeError:", exc)
+llm.close()
+print("closed")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr[-2000:])
+    assert "DecodeError: RPC server 127.0.0.1:" in proc.stdout and "was lost during a decode" in proc.stdout
+    assert proc.stdout.rstrip().endswith("closed")
+
+
 def test_an_unreachable_server_is_a_clear_error(tiny_model):
     endpoint = f"127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(RpcError, match=f"{endpoint}: cannot connect"):

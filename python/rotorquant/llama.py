@@ -681,6 +681,7 @@ class Llama(ChatMixin):
                 rc = self._call_interruptibly(lambda: lib.mtmd_helper_eval_chunk_single(
                     self._projector._ctx, self._ctx, chunk, n_past, 0, self.n_batch, i == len(pieces) - 1,
                     new_n_past))
+            self._check_rpc(cap)
             if rc != 0:
                 self._cached = None
                 raise DecodeError(f"evaluating the multimodal prompt failed (error {rc})", cap.reason())
@@ -722,6 +723,16 @@ class Llama(ChatMixin):
                 lib.rq_abort_set(self._abort, False)
             raise
 
+    def _check_rpc(self, cap: Capture) -> None:
+        """After a decode: a server lost meanwhile answered zeros, so this step's logits are
+        not the model's (patch 0009 keeps the process alive; this makes it an error)."""
+        lost = rpc.take_failure() if self._rpc_servers else None
+        if lost is not None:
+            self._cached = None
+            raise DecodeError(f"RPC server {lost} was lost during a decode (it crashed, was stopped or "
+                              "the network failed); close this model and load it again once the server "
+                              "is back", cap.reason())
+
     def _decode(self, arr, start: int, count: int) -> None:
         batch = lib.llama_batch_get_one(arr + start, count)
         with Capture() as cap:
@@ -730,6 +741,7 @@ class Llama(ChatMixin):
             except BaseException:
                 self._cached = None  # part of the batch may be in the cache
                 raise
+        self._check_rpc(cap)
         if rc != 0:
             self._cached = None
             what = {1: "no KV-cache slot for the batch (context full)", 2: "aborted",

@@ -77,6 +77,19 @@ def type_table_digest() -> int:
     return int(ffi.cast("uint64_t (*)(void)", fn)())
 
 
+def take_failure() -> str | None:
+    """The endpoint of an RPC server lost since the last call (patch 0009: llama.cpp's
+    client then stops sending to it and its graph computes fail), or None."""
+    reg = lib.ggml_backend_reg_by_name(b"RPC")
+    fn = lib.ggml_backend_reg_get_proc_address(reg, b"rq_rpc_take_failure") if reg != ffi.NULL else ffi.NULL
+    if fn == ffi.NULL:
+        return None
+    buf = ffi.new("char[]", 256)
+    if not ffi.cast("bool (*)(char *, size_t)", fn)(buf, 256):
+        return None
+    return ffi.string(buf).decode()
+
+
 def _ask(sock: socket.socket, cmd: int, payload: bytes) -> bytes:
     sock.sendall(bytes([cmd]) + struct.pack("<Q", len(payload)) + payload)
     (size,) = struct.unpack("<Q", _recv_exactly(sock, 8))
