@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .._files import write_atomic
 
 _ALIGN = 32
 _UINT32, _INT32, _STRING, _ARRAY = 4, 5, 8, 9
@@ -55,15 +56,4 @@ def write_gguf(path: "str | os.PathLike[str]", kv: dict, u32: dict, tensors: "di
         blobs.append(blob)
         offset += len(blob)
     header += b"\0" * (-len(header) % _ALIGN)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            for blob in blobs:
-                f.write(blob)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, [header, *blobs])
