@@ -225,6 +225,40 @@ def test_decode_with_attention_sinks(n_kv, v_type):
     assert nmse(plain, cpu) > 1e-3  # the sinks took a visible share of the probability
 
 
+@pytest.mark.parametrize("merge", ["slice", "kernel"])  # the last slice merges, or the combine kernel does
+@pytest.mark.parametrize("n_kv", [77, 300, 5000])  # one slice; ~10 slices; ~80 slices (always the combine kernel)
+@pytest.mark.parametrize("k_type, v_type, d, n", [("iso3", "iso3", 128, 64), ("planar4", "planar3", 256, 64),
+                                                   ("iso3", "f16", 128, 128), ("iso4", "q8_0", 64, 64)])
+def test_the_output_hadamard_fused_into_decode_attention_agrees_with_the_cpu(monkeypatch, merge, n_kv, k_type, v_type, d, n):
+    """With a rotated V, llama.cpp multiplies the attention output by the Hadamard matrix
+    again (a MUL_MAT node).  On CUDA the decode kernel (or the combine kernel) applies it
+    and writes the MUL_MAT's result (rq-cuda-graph.cu); the attention's own output is never
+    written.  The result is the CPU's, which runs both nodes."""
+    if merge == "kernel":
+        monkeypatch.setenv("RQ_CUDA_MERGE", "kernel")
+    n_head, n_head_kv = 16, 4
+    rng = np.random.default_rng(n_kv + d + n)
+    q = rng.standard_normal((n_head, 1, d)).astype(np.float32)
+    k = rows(n_head_kv * n_kv, d, seed=9).reshape(n_head_kv, n_kv, d) * 0.3
+    v = rows(n_head_kv * n_kv, d, seed=10).reshape(n_head_kv, n_kv, d)
+    kb, vb = encode(k, k_type), encode(v, v_type)
+
+    def build(b, read_attention=False):
+        Q = b.tensor("f32", (d, 1, n_head), q)
+        K = b.tensor(k_type, (d, n_kv, n_head_kv), kb)
+        V = b.tensor(v_type, (d, n_kv, n_head_kv), vb)
+        fa = lib.ggml_flash_attn_ext(b.ctx, Q, K, V, ffi.NULL, 1.0 / np.sqrt(d), 0.0, 0.0)
+        b.uploads.append((fa, bytes(lib.ggml_nbytes(fa))))  # zeros, unless the attention writes them
+        hx = lib.ggml_mul_mat(b.ctx, b.tensor("f32", (n, n), hadamard(n)), lib.ggml_reshape_2d(b.ctx, fa, n, d * n_head // n))
+        lib.ggml_mul_mat_set_hint(hx, lib.GGML_HINT_SRC0_IS_HADAMARD)
+        return (hx, fa) if read_attention else hx
+
+    got = np.frombuffer(run(CUDA, build), np.float32)
+    cpu = np.frombuffer(run("CPU", build), np.float32)
+    assert nmse(got, cpu) < (5e-5 if k_type.endswith("3") else 1e-5)
+    assert not any(run(CUDA, lambda b: build(b, read_attention=True)))  # fused: the attention wrote the product only
+
+
 def next_token_logits(llm, tokens, n_prompt):
     """Logits after each of tokens[n_prompt:], fed one at a time (decode steps) after a prompt."""
     llm.reset()

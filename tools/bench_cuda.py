@@ -10,7 +10,9 @@ on), and each figure is also given as a ratio to f16/f16 of the same run:
 A type may name a kernel variant after a colon, run with the environment that selects it:
 ``iso3:scalar``, ``iso3:k-mma``, ``iso3:v-mma`` (RQ_CUDA_DECODE_MMA: the decode kernel with
 no phase, only the key scores, only V on tensor cores; default both), ``iso3:no-fusion``
-(GGML_CUDA_DISABLE_FUSION=1: upstream's fusions and ours off).
+(GGML_CUDA_DISABLE_FUSION=1: upstream's fusions and ours off), ``iso3:no-out-fusion``
+(RQ_CUDA_FUSE_OUTPUT=0: the output Hadamard as its own node), ``iso3:combine-kernel``
+(RQ_CUDA_MERGE=kernel: slices always merged by the combine kernel, not by the last slice).
 
 Tests: pp512, tg128, pp512 and tg128 at depth 16384, tg64 at depth 65536 (``--no-long``
 drops the last).  The table goes to docs/BENCHMARKS.md (section ``cuda-speed-<slug>``).
@@ -37,6 +39,7 @@ TARGETS = {  # issue 5: iso3/iso3 (and planar3) over f16/f16, same run; upstream
 VARIANTS = {
     "scalar": {"RQ_CUDA_DECODE_MMA": "none"}, "k-mma": {"RQ_CUDA_DECODE_MMA": "k"},
     "v-mma": {"RQ_CUDA_DECODE_MMA": "v"}, "no-fusion": {"GGML_CUDA_DISABLE_FUSION": "1"},
+    "combine-kernel": {"RQ_CUDA_MERGE": "kernel"}, "no-out-fusion": {"RQ_CUDA_FUSE_OUTPUT": "0"},
 }
 
 

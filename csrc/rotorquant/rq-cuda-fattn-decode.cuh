@@ -895,11 +895,42 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
     __syncthreads();
 
     const int64_t row0 = (int64_t) seq*p.n_head + hq0;
-    if (p.n_splits == 1) {
-        // the whole range is here: add the sink, divide, un-rotate, write the output
-        for (int u = tid; u < p.gqa*(D/4); u += T) {
-            const int h = u / (D/4), m = u % (D/4);
-            float mx = sSlope[h], den = sAlpha[h], f = 1.0f;
+    if (p.n_splits > 1) {
+        for (int u = tid; u < p.gqa*D; u += T) {
+            const int h = u / D, j = u % D;
+            p.part[((row0 + h)*p.n_splits + split)*D + j] = sQ[h*D + j];
+        }
+        if (tid < p.gqa) {
+            p.meta[(row0 + tid)*p.n_splits + split] = make_float2(sSlope[tid], sAlpha[tid]);
+        }
+        if (!p.tickets) {
+            return;  // the combine kernel merges the slices
+        }
+        // The slice that finishes last merges them all (its ticket is the last one); its
+        // reset leaves the ticket at 0 for the next launch on this stream.
+        __shared__ bool s_last;
+        __threadfence();
+        __syncthreads();
+        if (tid == 0) {
+            s_last = atomicAdd(&p.tickets[blockIdx.y], 1u) == (unsigned) p.n_splits - 1;
+        }
+        __syncthreads();
+        if (!s_last) {
+            return;
+        }
+        __threadfence();
+        if (tid == 0) {
+            p.tickets[blockIdx.y] = 0u;
+        }
+    }
+    // add the sink, divide, un-rotate; write the output (or stage it for the Hadamard)
+    const float had_scale = p.out_had ? rsqrtf((float) p.out_had) : 1.0f;
+    for (int u = tid; u < p.gqa*(D/4); u += T) {
+        const int h = u / (D/4), m = u % (D/4);
+        float num[4], den, y[4];
+        if (p.n_splits == 1) {  // the whole range is here
+            float mx = sSlope[h], f = 1.0f;
+            den = sAlpha[h];
             if (p.sinks) {
                 const float sink = p.sinks[hq0 + h];
                 const float m2 = fmaxf(mx, sink);
@@ -907,17 +938,33 @@ __global__ void rq_fattn_decode(const rq_fattn_params p) {
                 den = den*f + expf(sink - m2);
             }
             const float4 a = *(const float4 *) &sQ[h*D + 4*m];
-            const float num[4] = {f*a.x, f*a.y, f*a.z, f*a.w};
-            finish_quartet(num, den, p.v_rot, m, p.dst + (row0 + h)*D);
+            num[0] = f*a.x; num[1] = f*a.y; num[2] = f*a.z; num[3] = f*a.w;
+        } else {  // every slice's partial, read past L1 (other blocks wrote them)
+            const float2 * mt = p.meta + (row0 + h)*p.n_splits;
+            const float * pt = p.part + (row0 + h)*p.n_splits*D + 4*m;
+            float mx = p.sinks ? p.sinks[hq0 + h] : -FLT_MAX/2.0f;
+            for (int k = 0; k < p.n_splits; ++k) {
+                mx = fmaxf(mx, __ldcg(mt + k).x);
+            }
+            den = p.sinks ? expf(p.sinks[hq0 + h] - mx) : 0.0f;
+            num[0] = num[1] = num[2] = num[3] = 0.0f;
+            for (int k = 0; k < p.n_splits; ++k) {
+                const float2 ms = __ldcg(mt + k);
+                const float4 v = __ldcg((const float4 *) (pt + (int64_t) k*D));
+                const float w = expf(ms.x - mx);
+                den += w*ms.y;
+                num[0] += w*v.x; num[1] += w*v.y; num[2] += w*v.z; num[3] += w*v.w;
+            }
         }
-        return;
+        finish_quartet(num, den, p.v_rot, m, had_scale, y);
+        // in place: this thread read quartet (h, m) of sQ, if at all
+        *(float4 *) (p.out_had ? &sQ[h*D + 4*m] : p.dst + (row0 + h)*D + 4*m) = make_float4(y[0], y[1], y[2], y[3]);
     }
-    for (int u = tid; u < p.gqa*D; u += T) {
-        const int h = u / D, j = u % D;
-        p.part[((row0 + h)*p.n_splits + split)*D + j] = sQ[h*D + j];
-    }
-    if (tid < p.gqa) {
-        p.meta[(row0 + tid)*p.n_splits + split] = make_float2(sSlope[tid], sAlpha[tid]);
+    if (p.out_had) {
+        fwht_shared(sQ, p.gqa*D, p.out_had, tid, T);
+        for (int u = tid; u < p.gqa*(D/4); u += T) {
+            *(float4 *) (p.dst + row0*D + 4*u) = *(const float4 *) &sQ[4*u];
+        }
     }
 }
 

@@ -8,6 +8,8 @@
 #include <cfloat>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 
 using namespace rq_fa;
 
@@ -24,13 +26,15 @@ template <int D>
 __global__ void __launch_bounds__(RQ_CB_THREADS)
 rq_fattn_combine(const float * __restrict__ part, const float2 * __restrict__ meta,
                  const float * __restrict__ sinks, float * __restrict__ dst,
-                 const int n_splits, const int n_head, const int v_rot /* 0 none, 1 planar, 2 iso */) {
+                 const int n_splits, const int n_head, const int v_rot /* 0 none, 1 planar, 2 iso */,
+                 const int out_had /* 0 or N: times the N-point normalized Hadamard */) {
     constexpr int Q = D/4;                    // quartets: threads of a group
     constexpr int G = RQ_CB_THREADS/Q;        // groups
     constexpr int NWARP = RQ_CB_THREADS/WARP_SIZE;
     __shared__ float  s_max[NWARP];
     __shared__ float4 s_num[G][Q];
     __shared__ float  s_den[G];
+    __shared__ float  s_out[D];
 
     const int hq = blockIdx.x, seq = blockIdx.y, tid = threadIdx.x;
     const int m = tid % Q, grp = tid / Q;
@@ -67,18 +71,62 @@ rq_fattn_combine(const float * __restrict__ part, const float2 * __restrict__ me
         s_den[grp] = den;
     }
     __syncthreads();
-    if (grp != 0) {
-        return;
-    }
-    float tot[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    den = sinks ? expf(sinks[hq] - mx) : 0.0f;
+    if (grp == 0) {
+        float tot[4] = {0.0f, 0.0f, 0.0f, 0.0f}, y[4];
+        den = sinks ? expf(sinks[hq] - mx) : 0.0f;
 #pragma unroll
-    for (int g = 0; g < G; ++g) {
-        const float4 v = s_num[g][m];
-        tot[0] += v.x; tot[1] += v.y; tot[2] += v.z; tot[3] += v.w;
-        den += s_den[g];
+        for (int g = 0; g < G; ++g) {
+            const float4 v = s_num[g][m];
+            tot[0] += v.x; tot[1] += v.y; tot[2] += v.z; tot[3] += v.w;
+            den += s_den[g];
+        }
+        finish_quartet(tot, den, v_rot, m, out_had ? rsqrtf((float) out_had) : 1.0f, y);
+        *(float4 *) (out_had ? s_out + 4*m : dst + row*D + 4*m) = make_float4(y[0], y[1], y[2], y[3]);
     }
-    finish_quartet(tot, den, v_rot, m, dst + row*D);
+    if (out_had) {  // uniform: every thread takes part
+        fwht_shared(s_out, D, out_had, tid, RQ_CB_THREADS);
+        if (tid < Q) {
+            *(float4 *) (dst + row*D + 4*tid) = *(const float4 *) (s_out + 4*tid);
+        }
+    }
+}
+
+// Tickets of the in-kernel merge (rq_fattn_params::tickets): zero when the module loads,
+// and every launch leaves them at zero.  A slot per stream that launches the kernel, so
+// that launches which may overlap (other streams, other contexts on the device) never
+// share one; a stream beyond the slots, or a grid wider than one, uses the combine kernel.
+constexpr int RQ_TICKET_SLOTS = 64;
+constexpr int RQ_TICKETS_PER_SLOT = 1024;
+__device__ unsigned int rq_fa_tickets[RQ_TICKET_SLOTS*RQ_TICKETS_PER_SLOT];
+
+unsigned int * tickets_for(const int device, cudaStream_t stream, const int n) {
+    static std::mutex mutex;
+    static std::map<std::pair<int, cudaStream_t>, int> slot_of;
+    static int n_slots[GGML_CUDA_MAX_DEVICES] = {0};
+    static unsigned int * base[GGML_CUDA_MAX_DEVICES] = {nullptr};
+    if (n > RQ_TICKETS_PER_SLOT) {
+        return nullptr;
+    }
+    std::lock_guard<std::mutex> lock(mutex);
+    if (!base[device]) {
+        void * ptr = nullptr;
+        CUDA_CHECK(cudaGetSymbolAddress(&ptr, rq_fa_tickets));
+        base[device] = (unsigned int *) ptr;
+    }
+    auto it = slot_of.find({device, stream});
+    if (it == slot_of.end()) {
+        if (n_slots[device] == RQ_TICKET_SLOTS) {
+            return nullptr;
+        }
+        it = slot_of.emplace(std::make_pair(device, stream), n_slots[device]++).first;
+    }
+    return base[device] + (size_t) it->second*RQ_TICKETS_PER_SLOT;
+}
+
+// RQ_CUDA_MERGE=kernel keeps the combine kernel for every cache length (comparisons).
+bool merge_in_kernel_allowed() {
+    const char * env = getenv("RQ_CUDA_MERGE");
+    return !env || strcmp(env, "kernel") != 0;
 }
 
 int rq_v_kind_of(const ggml_type t) {
@@ -139,8 +187,9 @@ bool rows_word_aligned(const ggml_tensor * t, const int row_bytes) {
 
 } // namespace
 
-void rq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
+void rq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx, ggml_tensor * dst, float * out, const int out_had) {
     GGML_ASSERT(rq_cuda_fattn_decode_supported(dst));
+    GGML_ASSERT(out_had == 0 || (out_had >= 64 && out_had <= dst->src[0]->ne[0] && dst->src[0]->ne[0] % out_had == 0));
     const ggml_tensor * Q = dst->src[0];
     const ggml_tensor * K = dst->src[1];
     const ggml_tensor * V = dst->src[2];
@@ -174,7 +223,8 @@ void rq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx, ggml_tensor 
     p.mask_nb3 = mask ? mask->nb[3] : 0;
     p.k_iso = rq_is_iso(K->type);
     p.sinks = sinks ? (const float *) sinks->data : nullptr;
-    p.dst   = (float *) dst->data;
+    p.dst   = out ? out : (float *) dst->data;
+    p.out_had = out_had;
     p.v_rot = rq_is_cache_type(V->type) ? (rq_is_iso(V->type) ? 2 : 1) : 0;
     const int kbits = rq_bits_of(K->type), vk = rq_v_kind_of(V->type), gp = rq_group_pad(p.gqa);
     p.k_async = rows_word_aligned(K, rotor_row_bytes(D, kbits));
@@ -215,12 +265,15 @@ void rq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx, ggml_tensor 
     const size_t n_rows = (size_t) n_seq*p.n_head;
     ggml_cuda_pool_alloc<float>  part(pool);
     ggml_cuda_pool_alloc<float2> meta(pool);
+    cudaStream_t stream = ctx.stream();
     if (p.n_splits > 1) {
         p.part = part.alloc(n_rows*p.n_splits*D);
         p.meta = meta.alloc(n_rows*p.n_splits);
+        if (p.n_splits <= RQ_MERGE_IN_KERNEL_MAX && merge_in_kernel_allowed()) {
+            p.tickets = tickets_for(ctx.device, stream, p.n_head_kv*n_seq);
+        }
     }
 
-    cudaStream_t stream = ctx.stream();
     const dim3 grid(p.n_splits, p.n_head_kv*n_seq, 1);
     switch (D) {
         case 64:  (k3 ? launch_decode<64,  3> : launch_decode<64,  4>)(p, vk, gp, tc, grid, stream); break;
@@ -228,15 +281,15 @@ void rq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx, ggml_tensor 
         case 256: (k3 ? launch_decode<256, 3> : launch_decode<256, 4>)(p, vk, gp, tc, grid, stream); break;
     }
     CUDA_CHECK(cudaGetLastError());
-    if (p.n_splits == 1) {
-        return;
+    if (p.n_splits == 1 || p.tickets) {
+        return;  // the kernel wrote the output
     }
 
     const dim3 grid_c(p.n_head, n_seq, 1);
     switch (D) {
-        case 64:  rq_fattn_combine<64 ><<<grid_c, RQ_CB_THREADS, 0, stream>>>(p.part, p.meta, p.sinks, p.dst, p.n_splits, p.n_head, p.v_rot); break;
-        case 128: rq_fattn_combine<128><<<grid_c, RQ_CB_THREADS, 0, stream>>>(p.part, p.meta, p.sinks, p.dst, p.n_splits, p.n_head, p.v_rot); break;
-        case 256: rq_fattn_combine<256><<<grid_c, RQ_CB_THREADS, 0, stream>>>(p.part, p.meta, p.sinks, p.dst, p.n_splits, p.n_head, p.v_rot); break;
+        case 64:  rq_fattn_combine<64 ><<<grid_c, RQ_CB_THREADS, 0, stream>>>(p.part, p.meta, p.sinks, p.dst, p.n_splits, p.n_head, p.v_rot, p.out_had); break;
+        case 128: rq_fattn_combine<128><<<grid_c, RQ_CB_THREADS, 0, stream>>>(p.part, p.meta, p.sinks, p.dst, p.n_splits, p.n_head, p.v_rot, p.out_had); break;
+        case 256: rq_fattn_combine<256><<<grid_c, RQ_CB_THREADS, 0, stream>>>(p.part, p.meta, p.sinks, p.dst, p.n_splits, p.n_head, p.v_rot, p.out_had); break;
     }
     CUDA_CHECK(cudaGetLastError());
 }

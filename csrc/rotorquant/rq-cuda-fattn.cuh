@@ -32,6 +32,10 @@ struct rq_fattn_params {
     int64_t nb02, nb03, nb11, nb12, nb13, nb21, nb22, nb23, mask_nb3;
     int mask_ne3;
     int v_rot;              // 0: V is not rotated, 1: planar, 2: iso
+    int out_had;            // 0, or N: the output times the N-point normalized Hadamard matrix
+                            // (upstream's V pre-rotation undone here, not by a graph node)
+    unsigned int * tickets; // n_splits > 1: one per (seq, KV head); the last slice to finish
+                            // merges all of them (and resets its ticket); nullptr: the combine kernel does
     bool k_iso;
     bool k_async, v_async;  // rows may be copied in 32-bit words (every address 4-byte aligned)
 };
@@ -66,21 +70,39 @@ __host__ __device__ constexpr int decode_smem_bytes(const int D, const int kbits
     return 4*decode_smem_floats(D, kbits, gp) + RQ_FA_STAGES*decode_stage_bytes(D, kbits, vk);
 }
 
-// Divide, un-rotate (rotor V) and store one output quartet m of a row: the last step of
-// both the single-slice kernel and the combine kernel.
+// Divide and un-rotate (rotor V) one output quartet m of a row, times `scale`: the last
+// step of the single-slice kernel, the merging slice and the combine kernel.
 static __device__ __forceinline__ void finish_quartet(const float num[4], const float den, const int v_rot,
-                                                      const int m, float * dst) {
-    float y[4];
+                                                      const int m, const float scale, float y[4]) {
     if (v_rot != 0) {
-        rq_unrotate_quartet(v_rot == 2, m % (RQ_QK/4), num, 1.0f/den, y);
+        rq_unrotate_quartet(v_rot == 2, m % (RQ_QK/4), num, scale/den, y);
     } else {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-            y[e] = num[e]/den;
+            y[e] = scale*num[e]/den;
         }
     }
-    *(float4 *) (dst + 4*m) = make_float4(y[0], y[1], y[2], y[3]);
 }
+
+// In-place N-point Walsh-Hadamard butterflies over n floats of shared memory (N divides n;
+// the caller has scaled them by 1/sqrt(N)), in upstream fwht's order of stages; every
+// thread of the block calls it.  Ends with the block synchronised.
+static __device__ __forceinline__ void fwht_shared(float * s, const int n, const int N, const int tid, const int nthreads) {
+    for (int h = 1; h < N; h *= 2) {
+        __syncthreads();
+        for (int u = tid; u < n/2; u += nthreads) {
+            const int i = (u / h)*2*h + u % h;  // (i, i + h) inside one group of 2h <= N
+            const float a = s[i], b = s[i + h];
+            s[i]     = a + b;
+            s[i + h] = a - b;
+        }
+    }
+    __syncthreads();
+}
+
+// Most slices that the merging slice combines itself; longer caches use the combine
+// kernel (one thread per quartet walking ~90 slices is slower than its groups).
+constexpr int RQ_MERGE_IN_KERNEL_MAX = 16;
 
 // Launch the decode kernel of head size D and K width KBITS (3 or 4) for V kind vk and
 // padded query-head group gp (4, 8 or 16), with the phases tc names on tensor cores

@@ -1,6 +1,7 @@
-// Graph-level fusion for the RotorQuant cache types on CUDA (hook in patch 0007, in the
+// Graph-level fusions for the RotorQuant cache types on CUDA (hook in patch 0007, in the
 // CUDA backend's node loop).
 //
+// 1. Hadamard + store.
 // llama.cpp multiplies K and V by a Walsh-Hadamard matrix before they are stored into a
 // quantized cache (`attn_rot`, a MUL_MAT with GGML_HINT_SRC0_IS_HADAMARD, run as
 // fwht_cuda), so a decode step wrote each layer's K and V in four launches of a few
@@ -14,6 +15,15 @@
 // tensor.  The conditions checked below make the early store invisible to the rest of the
 // graph: nothing between the two nodes touches the cache the SET_ROWS writes, and its row
 // ids are a graph input.
+//
+// 2. Decode attention + output Hadamard.  With a rotated V, the attention output is
+// multiplied by the same Hadamard matrix again (a MUL_MAT run as fwht_cuda, one more
+// launch per layer).  Our decode kernel, which already finishes every output row in
+// shared memory, applies it itself and writes the MUL_MAT's result; the MUL_MAT then
+// has nothing to do.  Writing that tensor at the attention node is safe when only views
+// lie between the two nodes (no tensor is created or freed in between, so the only
+// memory the allocator may have given the MUL_MAT's result is memory whose last reader is
+// the attention node itself) and the result overlaps none of the attention's inputs.
 #include "rq-cuda.h"
 
 #include "fwht.cuh"
@@ -135,6 +145,78 @@ int fused_set_rows_of(const ggml_cgraph * g, const int i) {
     }
 }
 
+bool overlaps(const ggml_tensor * a, const ggml_tensor * b) {
+    const char * a0 = (const char *) a->data, * b0 = (const char *) b->data;
+    return a0 < b0 + ggml_nbytes(b) && b0 < a0 + ggml_nbytes(a);
+}
+
+// The node index of the Hadamard MUL_MAT that node i (a FLASH_ATTN_EXT our decode kernel
+// runs) feeds alone, through views, if the kernel may write its result; else -1.
+int fused_out_hadamard_of(const ggml_cgraph * g, const int i) {
+    const ggml_tensor * fa = g->nodes[i];
+    if (fa->op != GGML_OP_FLASH_ATTN_EXT || fa->type != GGML_TYPE_F32 || !ggml_is_contiguous(fa) ||
+        !rq_cuda_fattn_decode_supported(fa)) {
+        return -1;
+    }
+    const int end = std::min(g->n_nodes, i + 1 + RQ_FUSE_LOOKAHEAD);
+    for (int cur = i;;) {
+        if (ggml_node_get_use_count(g, cur) != 1 || (g->nodes[cur]->flags & GGML_TENSOR_FLAG_OUTPUT)) {
+            return -1;
+        }
+        const ggml_tensor * t = g->nodes[cur];
+        int next = -1;
+        for (int k = cur + 1; k < end && next < 0; ++k) {
+            for (int s = 0; s < GGML_MAX_SRC; ++s) {
+                if (g->nodes[k]->src[s] == t) {
+                    next = k;
+                    break;
+                }
+            }
+        }
+        if (next < 0) {
+            return -1;
+        }
+        const ggml_tensor * c = g->nodes[next];
+        if (is_view(c) && c->src[0] == t) {
+            cur = next;
+            continue;
+        }
+        if (!is_hadamard_mul_mat(c) || c->src[1] != t || !ggml_is_contiguous(t) || t->data != fa->data ||
+            ggml_nelements(t) != ggml_nelements(fa) || c->type != GGML_TYPE_F32 || !ggml_is_contiguous(c) ||
+            !(c->flags & GGML_TENSOR_FLAG_COMPUTE)) {
+            return -1;
+        }
+        const int64_t n = c->src[0]->ne[0];
+        if (fa->ne[0] % n != 0) {
+            return -1;
+        }
+        for (int k = i + 1; k < next; ++k) {
+            if (!is_view(g->nodes[k])) {
+                return -1;
+            }
+        }
+        for (int s = 0; s < GGML_MAX_SRC; ++s) {
+            if (fa->src[s] && overlaps(c, fa->src[s])) {
+                return -1;
+            }
+        }
+        return next;
+    }
+}
+
+// The attention node whose kernel already wrote Hadamard MUL_MAT node j, or -1.
+int fusing_attention_of(const ggml_cgraph * g, const int j) {
+    const ggml_tensor * t = g->nodes[j]->src[1];
+    while (t && is_view(t)) {
+        t = t->src[0];
+    }
+    if (!t || t->op != GGML_OP_FLASH_ATTN_EXT) {
+        return -1;
+    }
+    const int i = index_of(g, t, std::max(0, j - 1 - RQ_FUSE_LOOKAHEAD), j);
+    return i >= 0 && fused_out_hadamard_of(g, i) == j ? i : -1;
+}
+
 // The Hadamard node whose fused store already wrote SET_ROWS node j, or -1.
 int fusing_hadamard_of(const ggml_cgraph * g, const int j) {
     const ggml_tensor * t = g->nodes[j]->src[0];
@@ -150,19 +232,33 @@ int fusing_hadamard_of(const ggml_cgraph * g, const int j) {
 
 } // namespace
 
-bool rq_cuda_fuse_hadamard_set_rows(ggml_backend_cuda_context & ctx, const ggml_cgraph * cgraph, const int i) {
+bool rq_cuda_graph_fuse(ggml_backend_cuda_context & ctx, const ggml_cgraph * cgraph, const int i) {
+    // GGML_CUDA_DISABLE_FUSION (upstream's switch) turns both off, RQ_CUDA_FUSE_OUTPUT=0 the second
     static const bool disabled = getenv("GGML_CUDA_DISABLE_FUSION") != nullptr && atoi(getenv("GGML_CUDA_DISABLE_FUSION"));
-    const ggml_tensor * node = cgraph->nodes[i];
+    static const bool no_output = getenv("RQ_CUDA_FUSE_OUTPUT") != nullptr && !atoi(getenv("RQ_CUDA_FUSE_OUTPUT"));
+    ggml_tensor * node = cgraph->nodes[i];
     if (disabled) {
         return false;
     }
     if (node->op == GGML_OP_MUL_MAT) {
+        if (!no_output && fusing_attention_of(cgraph, i) >= 0) {
+            return true;
+        }
         const int j = fused_set_rows_of(cgraph, i);
         if (j < 0) {
             return false;
         }
         ggml_tensor * set_rows = cgraph->nodes[j];
         rq_cuda_hadamard_set_rows(ctx, (int) node->src[0]->ne[0], node->src[1], set_rows->src[0], set_rows->src[1], set_rows);
+        return true;
+    }
+    if (node->op == GGML_OP_FLASH_ATTN_EXT && !no_output) {
+        const int j = fused_out_hadamard_of(cgraph, i);
+        if (j < 0) {
+            return false;
+        }
+        ggml_tensor * had = cgraph->nodes[j];
+        rq_cuda_flash_attn_ext_decode(ctx, node, (float *) had->data, (int) had->src[0]->ne[0]);
         return true;
     }
     if (node->op == GGML_OP_SET_ROWS && rq_is_cache_type(node->type)) {

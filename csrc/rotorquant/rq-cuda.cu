@@ -81,10 +81,13 @@ void rq_cuda_set_rows(ggml_backend_cuda_context & ctx, const ggml_tensor * src0,
 
 // ---- upstream's Hadamard pre-rotation fused into the quantiser --------------------------
 //
-// One warp per Hadamard row of N values (N divides the SET_ROWS row): the scaled
-// Walsh-Hadamard transform in exactly the order of upstream's fwht_cuda (so the floats,
-// and then the bytes, are those of the two kernels run apart), the row staged in shared
-// memory, then the quantiser on each of its N/64 blocks.
+// One warp per 64-value block of a Hadamard row of N values (N divides the SET_ROWS row):
+// the scaled Walsh-Hadamard transform of the whole row in exactly the order of upstream's
+// fwht_cuda (so the floats, and then the bytes, are those of the two kernels run apart),
+// staged in shared memory, then the quantiser on the warp's block.  The N/64 warps of a
+// row each repeat its transform (a few shuffles) rather than quantise its blocks one after
+// another: a decode step stores one row per head, so the kernel is one dependent chain and
+// its length, not its work, is its time.
 
 template <int N>
 static __device__ __forceinline__ void rq_fwht_row_warp(const float * __restrict__ x, const float scale, float * out, const int lane) {
@@ -127,10 +130,12 @@ template <int bits, bool iso, int N>
 static __global__ void rq_k_hadamard_set_rows(const float * __restrict__ src0, const char * __restrict__ src1, char * __restrict__ dst,
                                               const float scale, const int n_hrows, const int hrows_per_row,
                                               const rq_set_rows_args a) {
+    constexpr int BPR = N/RQ_QK;  // blocks (warps) per Hadamard row
     __shared__ float sx[RQ_Q_WARPS][N];
     __shared__ uint8_t sidx[RQ_Q_WARPS][RQ_QK];
     const int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE;
-    const int hr = RQ_Q_WARPS*blockIdx.x + warp;
+    const int gw = RQ_Q_WARPS*blockIdx.x + warp;
+    const int hr = gw / BPR, b = gw % BPR;
     if (hr >= n_hrows) {
         return;  // the whole warp
     }
@@ -138,10 +143,7 @@ static __global__ void rq_k_hadamard_set_rows(const float * __restrict__ src0, c
     __syncwarp();
     int i01, i02, i03;
     uint8_t * y = rq_set_rows_block<bits>(a, src1, dst, hr / hrows_per_row, (int64_t) (hr % hrows_per_row) * N, i01, i02, i03);
-#pragma unroll
-    for (int b = 0; b < N/RQ_QK; ++b) {
-        rq_quantize_block_warp<bits, iso>(sx[warp] + b*RQ_QK, y + b*rq_block_bytes<bits>(), sidx[warp], lane);
-    }
+    rq_quantize_block_warp<bits, iso>(sx[warp] + b*RQ_QK, y + b*rq_block_bytes<bits>(), sidx[warp], lane);
 }
 
 template <int bits, bool iso, int N>
@@ -151,9 +153,9 @@ static void rq_hadamard_set_rows_launch(const ggml_tensor * x, const ggml_tensor
     if (n_hrows == 0) {
         return;
     }
-    GGML_ASSERT(n_hrows < INT32_MAX - RQ_Q_WARPS && rows_like->ne[0] % N == 0);
+    GGML_ASSERT(n_hrows < (INT32_MAX - RQ_Q_WARPS) / (N/RQ_QK) && rows_like->ne[0] % N == 0);
     const float scale = 1 / sqrtf(N);  // as upstream's fwht
-    const int64_t grid = (n_hrows + RQ_Q_WARPS - 1) / RQ_Q_WARPS;
+    const int64_t grid = (n_hrows*(N/RQ_QK) + RQ_Q_WARPS - 1) / RQ_Q_WARPS;
     rq_k_hadamard_set_rows<bits, iso, N><<<grid, RQ_Q_WARPS*WARP_SIZE, 0, stream>>>(
         (const float *) x->data, (const char *) src1->data, (char *) dst->data, scale, (int) n_hrows,
         (int) (rows_like->ne[0] / N), rq_set_rows_args_of(rows_like, src1, dst));

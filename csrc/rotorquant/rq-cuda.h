@@ -28,10 +28,12 @@ void rq_cuda_set_rows(ggml_backend_cuda_context & ctx, const ggml_tensor * src0,
 void rq_cuda_hadamard_set_rows(ggml_backend_cuda_context & ctx, int n, const ggml_tensor * x, const ggml_tensor * rows_like,
                                const ggml_tensor * src1, ggml_tensor * dst);
 
-// Node i of the CUDA backend's graph, if it belongs to a Hadamard pre-rotation feeding a
-// rotor SET_ROWS (rq-cuda-graph.cu): at the Hadamard node the fused store runs, at the
-// SET_ROWS nothing is left to do; true in both cases, false for every other node.
-bool rq_cuda_fuse_hadamard_set_rows(ggml_backend_cuda_context & ctx, const ggml_cgraph * cgraph, int i);
+// Node i of the CUDA backend's graph, if a fusion of rq-cuda-graph.cu takes it: a Hadamard
+// pre-rotation feeding a rotor SET_ROWS (the fused store runs at the Hadamard node, the
+// SET_ROWS has nothing left to do), or a decode FLASH_ATTN_EXT feeding the Hadamard that
+// undoes V's rotation (the kernel writes the rotated-back output, the Hadamard has nothing
+// left to do); true for the nodes it ran or emptied, false for every other node.
+bool rq_cuda_graph_fuse(ggml_backend_cuda_context & ctx, const ggml_cgraph * cgraph, int i);
 
 // CPY between F32 and a rotor type, either direction; false if the pair is not ours.
 bool rq_cuda_supports_cpy(ggml_type src, ggml_type dst);
@@ -47,4 +49,6 @@ to_fp32_nc_cuda_t rq_cuda_get_to_fp32_nc(ggml_type type);
 // V rotor/f16/q8_0, one query per sequence, head size 64/128/256, <= 16 query heads per
 // KV head).  Other shapes with a rotor K or V go to upstream's kernels on f16 copies.
 bool rq_cuda_fattn_decode_supported(const ggml_tensor * dst);
-void rq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx, ggml_tensor * dst);
+// out (default dst->data): where the output goes; out_had (0: none): multiply it by the
+// out_had-point normalized Hadamard matrix on the way (a power of two dividing the head size).
+void rq_cuda_flash_attn_ext_decode(ggml_backend_cuda_context & ctx, ggml_tensor * dst, float * out = nullptr, int out_had = 0);

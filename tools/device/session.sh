@@ -7,6 +7,8 @@
 #   bash tools/device/session.sh measure   # speed tables
 #   bash tools/device/session.sh profile   # ncu: kernel times per decode token (f16 vs iso3),
 #                                          # the decode kernel's counters at depth 65536
+#   bash tools/device/session.sh profile64 # ncu at depth 65536: FA kernel times per token,
+#                                          # the combine kernel's counters
 # Everything it prints is also under $OUT.
 set -uo pipefail
 export PIP_NO_INDEX=1 RQ_CACHE_DIR=/root/rqcache
@@ -51,10 +53,10 @@ measure)
     export PYTHONPATH=/tmp/site
     installed || exit 3
     for i in $(seq 60); do [ -f /root/models/l8b-q4km.gguf ] && break; sleep 3; done
-    timeout 250 python3 tools/bench_cuda.py /root/models/l8b-q4km.gguf --types f16,iso3,planar3,iso3:scalar \
+    timeout 250 python3 tools/bench_cuda.py /root/models/l8b-q4km.gguf --types f16,iso3,planar3,iso3:no-out-fusion,iso3:combine-kernel \
         --reps 2 --label "Llama-3.1-8B shape, Q4_K_M" 2>&1 | tail -14
     for i in $(seq 60); do [ -f /root/models/q35h-q4km.gguf ] && break; sleep 3; done
-    timeout 150 python3 tools/bench_cuda.py /root/models/q35h-q4km.gguf --types f16,iso3,iso3:scalar --reps 1 \
+    timeout 150 python3 tools/bench_cuda.py /root/models/q35h-q4km.gguf --types f16,iso3,iso3:no-out-fusion --reps 1 \
         --label "Qwen3.5 hybrid shape (head_dim 256, 2 KV heads), Q4_K_M" 2>&1 | tail -12
     cp docs/BENCHMARKS.md "$out/"
     ;;
@@ -79,6 +81,24 @@ profile)
         "$bench" -m $m -ngl 99 -fa 1 -ctk iso3 -ctv iso3 -p 0 -n 4 -r 1 > "$out/ncu_decode_d0.txt" 2>&1
     grep -vE "^==PROF==|^\s*$" "$out/ncu_decode_d0.txt" | tail -70
     ;;
+profile64)
+    export PYTHONPATH=/tmp/site
+    installed || exit 3
+    bench=$(cd /tmp && python3 -c "from rotorquant._native import BIN_DIR; print(BIN_DIR)")/llama-bench
+    m=/root/models/l8b-q4km.gguf
+    # at depth 65536: decode and combine kernels per token (prefill runs upstream's kernels,
+    # so the filter only sees decode steps), then one combine launch's counters
+    for t in f16 iso3; do
+        timeout 150 ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv \
+            --kernel-name regex:"rq_fattn|flash_attn_ext_vec|flash_attn_combine" \
+            "$bench" -m $m -ngl 99 -fa 1 -ctk $t -ctv $t -p 0 -n 4 -d 65536 -r 1 > "$out/${t}_64k.csv" 2> "$out/ncu_${t}_64k.err"
+    done
+    python3 tools/device/ncu_kernel_times.py "$out/f16_64k.csv" "$out/iso3_64k.csv" --tokens 5 | tee "$out/kernel_times_64k.md"
+    timeout 120 ncu --clock-control none --kernel-name regex:rq_fattn_combine --launch-skip 40 --launch-count 1 \
+        --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+        "$bench" -m $m -ngl 99 -fa 1 -ctk iso3 -ctv iso3 -p 0 -n 2 -d 65536 -r 1 > "$out/ncu_combine_64k.txt" 2>&1
+    grep -vE "^==PROF==|^\s*$" "$out/ncu_combine_64k.txt" | tail -50
+    ;;
 *)
-    echo "usage: $0 build|test|measure|profile" >&2; exit 2 ;;
+    echo "usage: $0 build|test|measure|profile|profile64" >&2; exit 2 ;;
 esac
