@@ -103,9 +103,9 @@ def perplexity(s: Settings, pair: Pair, text: Path, chunks: int, base: Path, pol
     if policy is None and any(k != pair.k.name or v != pair.v.name for k, _, v, _ in sizes):
         raise ToolFailed(f"the KV cache was allocated as {sizes}, not K {pair.k.name} / V {pair.v.name}")
     if pair.is_f16:
-        ppl, kld, top = _number(r"Final estimate: PPL = ([\d.]+)", log), 0.0, 100.0
+        ppl, kld, top = _number(r"Final estimate: PPL = ([\d.]+|inf|nan)", log), 0.0, 100.0
     else:
-        ppl = _number(r"Mean PPL\(Q\)\s*:\s*([\d.]+)", log)
+        ppl = _number(r"Mean PPL\(Q\)\s*:\s*([\d.]+|inf|nan)", log)
         kld = _number(r"Mean\s+KLD:\s*([-\d.]+)", log)
         top = _number(r"Same top p:\s*([\d.]+)", log)
     if ppl is None or kld is None:
