@@ -65,6 +65,32 @@ int index_of(const ggml_cgraph * g, const ggml_tensor * t, const int from, const
     return -1;
 }
 
+// Follow node i's result through views to the first node that computes with it: its
+// index, or -1 if a step has another reader or is a graph output (the fused kernel does
+// not write that result, so nothing else may read it) or none lies within `end`.  `t`:
+// the tensor (i's result or a view of it) that node reads.
+int sole_consumer(const ggml_cgraph * g, const int i, const int end, const ggml_tensor ** t) {
+    for (int cur = i;;) {
+        if (ggml_node_get_use_count(g, cur) != 1 || (g->nodes[cur]->flags & GGML_TENSOR_FLAG_OUTPUT)) {
+            return -1;
+        }
+        *t = g->nodes[cur];
+        int next = -1;
+        for (int k = cur + 1; k < end && next < 0; ++k) {
+            for (int s = 0; s < GGML_MAX_SRC; ++s) {
+                if (g->nodes[k]->src[s] == *t) {
+                    next = k;
+                    break;
+                }
+            }
+        }
+        if (next < 0 || !(is_view(g->nodes[next]) && g->nodes[next]->src[0] == *t)) {
+            return next;
+        }
+        cur = next;
+    }
+}
+
 // The node index of the SET_ROWS into a rotor cache that node i (a Hadamard MUL_MAT) feeds
 // alone, through reshapes and views, if the store may run at node i; else -1.
 int fused_set_rows_of(const ggml_cgraph * g, const int i) {
@@ -72,77 +98,57 @@ int fused_set_rows_of(const ggml_cgraph * g, const int i) {
     if (!is_hadamard_mul_mat(h)) {
         return -1;
     }
-    const int end = std::min(g->n_nodes, i + 1 + RQ_FUSE_LOOKAHEAD);
-    int cur = i;
-    for (;;) {
-        // the transform's result is never written: nothing else may read it
-        if (ggml_node_get_use_count(g, cur) != 1 || (g->nodes[cur]->flags & GGML_TENSOR_FLAG_OUTPUT)) {
-            return -1;
-        }
-        const ggml_tensor * t = g->nodes[cur];
-        int next = -1;
-        for (int k = cur + 1; k < end && next < 0; ++k) {
-            for (int s = 0; s < GGML_MAX_SRC; ++s) {
-                if (g->nodes[k]->src[s] == t) {
-                    next = k;
-                    break;
-                }
-            }
-        }
-        if (next < 0) {
-            return -1;
-        }
-        const ggml_tensor * c = g->nodes[next];
-        if (is_view(c) && c->src[0] == t) {
-            cur = next;
-            continue;
-        }
-        if (c->op != GGML_OP_SET_ROWS || c->src[0] != t || !rq_is_cache_type(c->type) ||
-            !(c->flags & GGML_TENSOR_FLAG_COMPUTE)) {
-            return -1;
-        }
-        // same elements in the same order: the SET_ROWS source is the transform's result
-        // seen contiguously from its start, in rows the transform's size divides
-        const ggml_tensor * rows = c->src[0];
-        const ggml_tensor * ids  = c->src[1];
-        if (!ggml_is_contiguous(rows) || rows->data != h->data || ggml_nelements(rows) != ggml_nelements(h) ||
-            rows->ne[0] % h->src[0]->ne[0] != 0 || rows->ne[0] % 64 != 0) {
-            return -1;
-        }
-        if (ids->type != GGML_TYPE_I32 && ids->type != GGML_TYPE_I64) {
-            return -1;
-        }
-        // row ids computed by the graph, or a cache or the ids touched in between: store
-        // at the SET_ROWS.  (Ops such as CPY return a view of what they write, so "a view
-        // of a leaf" is not enough: every step of the ids' chain must be a view.)
-        const ggml_tensor * id_root = ids;
-        while (is_view(id_root)) {
-            id_root = id_root->src[0];
-        }
-        if (id_root->op != GGML_OP_NONE || id_root->view_src) {
-            return -1;
-        }
-        const ggml_tensor * cache = root_of(c);
-        if (cache->op != GGML_OP_NONE) {
-            return -1;
-        }
-        for (int k = i + 1; k < next; ++k) {
-            const ggml_tensor * m = g->nodes[k];
-            if (is_view(m)) {
-                continue;  // reads nothing; whoever reads through it is checked below
-            }
-            const ggml_tensor * touched[1 + GGML_MAX_SRC] = { m };
-            for (int s = 0; s < GGML_MAX_SRC; ++s) {
-                touched[1 + s] = m->src[s];
-            }
-            for (const ggml_tensor * u : touched) {
-                if (u && (root_of(u) == cache || root_of(u) == id_root)) {
-                    return -1;
-                }
-            }
-        }
-        return next;
+    const ggml_tensor * t = nullptr;
+    const int next = sole_consumer(g, i, std::min(g->n_nodes, i + 1 + RQ_FUSE_LOOKAHEAD), &t);
+    if (next < 0) {
+        return -1;
     }
+    const ggml_tensor * c = g->nodes[next];
+    if (c->op != GGML_OP_SET_ROWS || c->src[0] != t || !rq_is_cache_type(c->type) ||
+        !(c->flags & GGML_TENSOR_FLAG_COMPUTE)) {
+        return -1;
+    }
+    // same elements in the same order: the SET_ROWS source is the transform's result
+    // seen contiguously from its start, in rows the transform's size divides
+    const ggml_tensor * rows = c->src[0];
+    const ggml_tensor * ids  = c->src[1];
+    if (!ggml_is_contiguous(rows) || rows->data != h->data || ggml_nelements(rows) != ggml_nelements(h) ||
+        rows->ne[0] % h->src[0]->ne[0] != 0 || rows->ne[0] % 64 != 0) {
+        return -1;
+    }
+    if (ids->type != GGML_TYPE_I32 && ids->type != GGML_TYPE_I64) {
+        return -1;
+    }
+    // row ids computed by the graph, or a cache or the ids touched in between: store
+    // at the SET_ROWS.  (Ops such as CPY return a view of what they write, so "a view
+    // of a leaf" is not enough: every step of the ids' chain must be a view.)
+    const ggml_tensor * id_root = ids;
+    while (is_view(id_root)) {
+        id_root = id_root->src[0];
+    }
+    if (id_root->op != GGML_OP_NONE || id_root->view_src) {
+        return -1;
+    }
+    const ggml_tensor * cache = root_of(c);
+    if (cache->op != GGML_OP_NONE) {
+        return -1;
+    }
+    for (int k = i + 1; k < next; ++k) {
+        const ggml_tensor * m = g->nodes[k];
+        if (is_view(m)) {
+            continue;  // reads nothing; whoever reads through it is checked below
+        }
+        const ggml_tensor * touched[1 + GGML_MAX_SRC] = { m };
+        for (int s = 0; s < GGML_MAX_SRC; ++s) {
+            touched[1 + s] = m->src[s];
+        }
+        for (const ggml_tensor * u : touched) {
+            if (u && (root_of(u) == cache || root_of(u) == id_root)) {
+                return -1;
+            }
+        }
+    }
+    return next;
 }
 
 bool overlaps(const ggml_tensor * a, const ggml_tensor * b) {
@@ -158,50 +164,32 @@ int fused_out_hadamard_of(const ggml_cgraph * g, const int i) {
         !rq_cuda_fattn_decode_supported(fa)) {
         return -1;
     }
-    const int end = std::min(g->n_nodes, i + 1 + RQ_FUSE_LOOKAHEAD);
-    for (int cur = i;;) {
-        if (ggml_node_get_use_count(g, cur) != 1 || (g->nodes[cur]->flags & GGML_TENSOR_FLAG_OUTPUT)) {
-            return -1;
-        }
-        const ggml_tensor * t = g->nodes[cur];
-        int next = -1;
-        for (int k = cur + 1; k < end && next < 0; ++k) {
-            for (int s = 0; s < GGML_MAX_SRC; ++s) {
-                if (g->nodes[k]->src[s] == t) {
-                    next = k;
-                    break;
-                }
-            }
-        }
-        if (next < 0) {
-            return -1;
-        }
-        const ggml_tensor * c = g->nodes[next];
-        if (is_view(c) && c->src[0] == t) {
-            cur = next;
-            continue;
-        }
-        if (!is_hadamard_mul_mat(c) || c->src[1] != t || !ggml_is_contiguous(t) || t->data != fa->data ||
-            ggml_nelements(t) != ggml_nelements(fa) || c->type != GGML_TYPE_F32 || !ggml_is_contiguous(c) ||
-            !(c->flags & GGML_TENSOR_FLAG_COMPUTE)) {
-            return -1;
-        }
-        const int64_t n = c->src[0]->ne[0];
-        if (fa->ne[0] % n != 0) {
-            return -1;
-        }
-        for (int k = i + 1; k < next; ++k) {
-            if (!is_view(g->nodes[k])) {
-                return -1;
-            }
-        }
-        for (int s = 0; s < GGML_MAX_SRC; ++s) {
-            if (fa->src[s] && overlaps(c, fa->src[s])) {
-                return -1;
-            }
-        }
-        return next;
+    const ggml_tensor * t = nullptr;
+    const int next = sole_consumer(g, i, std::min(g->n_nodes, i + 1 + RQ_FUSE_LOOKAHEAD), &t);
+    if (next < 0) {
+        return -1;
     }
+    const ggml_tensor * c = g->nodes[next];
+    if (!is_hadamard_mul_mat(c) || c->src[1] != t || !ggml_is_contiguous(t) || t->data != fa->data ||
+        ggml_nelements(t) != ggml_nelements(fa) || c->type != GGML_TYPE_F32 || !ggml_is_contiguous(c) ||
+        !(c->flags & GGML_TENSOR_FLAG_COMPUTE)) {
+        return -1;
+    }
+    const int64_t n = c->src[0]->ne[0];
+    if (fa->ne[0] % n != 0) {
+        return -1;
+    }
+    for (int k = i + 1; k < next; ++k) {
+        if (!is_view(g->nodes[k])) {
+            return -1;
+        }
+    }
+    for (int s = 0; s < GGML_MAX_SRC; ++s) {
+        if (fa->src[s] && overlaps(c, fa->src[s])) {
+            return -1;
+        }
+    }
+    return next;
 }
 
 // The attention node whose kernel already wrote Hadamard MUL_MAT node j, or -1.

@@ -27,6 +27,12 @@ installed() {  # a fresh machine (the build call's one was released) has nothing
     echo "rotorquant is not installed here: the machine was released; run 'build' again" >&2
     return 1
 }
+profiling_setup() {  # llama-bench of the install and the Llama-3.1-8B-shaped model
+    export PYTHONPATH=/tmp/site
+    installed || exit 3
+    bench=$(cd /tmp && python3 -c "from rotorquant._native import BIN_DIR; print(BIN_DIR)")/llama-bench
+    m=/root/models/l8b-q4km.gguf
+}
 case "${1:-}" in
 build)
     cp .m1/* /root/rqcache/
@@ -61,10 +67,7 @@ measure)
     cp docs/BENCHMARKS.md "$out/"
     ;;
 profile)
-    export PYTHONPATH=/tmp/site
-    installed || exit 3
-    bench=$(cd /tmp && python3 -c "from rotorquant._native import BIN_DIR; print(BIN_DIR)")/llama-bench
-    m=/root/models/l8b-q4km.gguf
+    profiling_setup
     for t in f16 iso3; do
         timeout 150 ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv \
             "$bench" -m $m -ngl 99 -fa 1 -ctk $t -ctv $t -p 0 -n 4 -r 1 > "$out/$t.csv" 2> "$out/ncu_$t.err"
@@ -82,10 +85,7 @@ profile)
     grep -vE "^==PROF==|^\s*$" "$out/ncu_decode_d0.txt" | tail -70
     ;;
 profile64)
-    export PYTHONPATH=/tmp/site
-    installed || exit 3
-    bench=$(cd /tmp && python3 -c "from rotorquant._native import BIN_DIR; print(BIN_DIR)")/llama-bench
-    m=/root/models/l8b-q4km.gguf
+    profiling_setup
     # at depth 65536: decode and combine kernels per token (prefill runs upstream's kernels,
     # so the filter only sees decode steps), then one combine launch's counters
     for t in f16 iso3; do
