@@ -293,8 +293,11 @@ def test_bad_chat_requests_raise_errors_that_name_the_problem(tiny_model, smollm
 
 def test_a_generated_tool_call_comes_back_parsed_whole_and_streamed(qwen_model):
     """The reply is prefilled with the template's call tag (a trailing assistant message is
-    continued, as in the server), so the 0.5B model writes a call in Qwen's format."""
-    msgs = [{"role": "user", "content": "What's the weather in Paris? Use the get_weather tool."},
+    continued, as in the server), so the 0.5B model writes a call in Qwen's format.  The request
+    is worded so that greedy decoding is not a near tie: asked "What's the weather in Paris?",
+    the model's first-token logits for `<|im_end|>` and `{"` differ by 0.02, and CPUs with
+    different kernels chose differently; here `{"` leads by 2.7."""
+    msgs = [{"role": "user", "content": "Call get_weather for Paris."},
             {"role": "assistant", "content": "<tool_call>\n"}]
     with Llama(qwen_model, n_ctx=1024, n_threads=2) as llm:
         out = llm.create_chat_completion(msgs, tools=WEATHER, max_tokens=48, temperature=0)
