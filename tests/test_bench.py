@@ -1,7 +1,6 @@
 """rq-bench: every K/V pair measured for memory, speed, quality and retrieval; files a
 user can keep; a rerun that only measures what is missing."""
 import json
-import subprocess
 import sys
 
 import pytest
@@ -86,10 +85,10 @@ def test_a_changed_setting_measures_only_the_cells_it_affects(bench_run, tiny_mo
 def test_a_failed_cell_is_reported_kept_out_of_the_results_and_measured_by_the_rerun(tiny_model, tmp_path, monkeypatch):
     real = runner.binaries.speed
 
-    def failing(s, pair, depth, policy, timeout=None):
+    def failing(s, pair, depth, policy):
         if pair.label == "iso3" and depth == 256:
             raise runner.binaries.ToolFailed("llama-bench exited with status 1:\nout of memory")
-        return real(s, pair, depth, policy, timeout)
+        return real(s, pair, depth, policy)
 
     monkeypatch.setattr(runner.binaries, "speed", failing)
     s = small_settings(tiny_model, tmp_path, measures=("speed",), plots=False)
@@ -116,8 +115,8 @@ def test_an_interrupted_run_keeps_what_it_finished_in_a_whole_file(tiny_model, t
         runner.run(small_settings(tiny_model, tmp_path, measures=("speed",)), progress_stream=sys.stderr)
     cells = json.loads((tmp_path / "results.json").read_text())["cells"]
     assert len(cells) == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["results.json"] or all(
-        not p.name.endswith(".part") for p in tmp_path.iterdir())
+    assert not list(tmp_path.glob(".*.part"))
+    assert not (tmp_path / "builtin-sample.txt").exists()  # speed alone reads no text
 
 
 def test_results_of_another_model_under_the_same_folder_are_not_reused(bench_run, tiny_model, tmp_path):
@@ -136,6 +135,12 @@ def test_results_of_another_model_under_the_same_folder_are_not_reused(bench_run
     (["--ppl-ctx", "32768"], "needs at least 65536"),
     (["--only", "speed,colour"], "choose from kv,speed,quality,niah"),
     (["--kv-policy", "/nonexistent.kvpolicy.gguf"], "KV policy file not found"),
+    (["--ctx", "100"], "ctx must be an integer from 256"),
+    (["--ctx", str(2**40)], "ctx must be an integer from 256 to 2147483647"),
+    (["--ngl", str(-2**40)], "n_gpu_layers must be an integer from -1"),
+    (["--depths", ","], "give at least one depth"),
+    (["--niah-lengths", ","], "give at least one haystack length"),
+    (["--cache-types", "f16,q8_0", "--kv-policy", __file__], "applies to pairs with a rotor type"),
 ])
 def test_bad_arguments_are_named_and_nothing_runs(tiny_model, tmp_path, rq_run, args, message):
     exe = rq_run.replace("rq-run", "rq-bench")
@@ -147,3 +152,74 @@ def test_bad_arguments_are_named_and_nothing_runs(tiny_model, tmp_path, rq_run, 
 def test_a_missing_model_is_an_error_not_a_traceback(tmp_path, rq_run):
     proc = run([rq_run.replace("rq-run", "rq-bench"), tmp_path / "absent.gguf"])
     assert proc.returncode == 2 and "model file not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_output_path_that_is_a_file_is_an_error_not_a_traceback(tiny_model, tmp_path, rq_run):
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    proc = run([rq_run.replace("rq-run", "rq-bench"), tiny_model, "-o", taken, "--no-plots"])
+    assert proc.returncode == 2 and f"output folder {taken} is a file" in proc.stderr, proc.stderr
+    assert taken.read_text() == "mine"
+
+
+def test_needle_prompts_of_a_length_do_not_depend_on_the_other_lengths(tiny_model, tmp_path):
+    text = " ".join(f"word{i} is here." for i in range(400))
+    count = lambda t: t.split()  # one token per word is enough to place the needle
+    alone = runner.niah.trials(small_settings(tiny_model, tmp_path, niah_lengths=(512,)), text, count)
+    among = runner.niah.trials(small_settings(tiny_model, tmp_path, niah_lengths=(256, 512)), text, count)
+    assert alone == [t for t in among if t.length == 512]
+    assert len({t.passphrase for t in among}) > 1
+
+
+def test_scores_against_a_failed_f16_reference_are_skipped_not_measured(tiny_model, tmp_path, monkeypatch):
+    real, ran = runner.binaries.perplexity, []
+
+    def f16_fails(s, pair, *args):
+        ran.append(pair.label)
+        if pair.is_f16:
+            raise runner.binaries.ToolFailed("llama-perplexity exited with status 1")
+        return real(s, pair, *args)
+
+    monkeypatch.setattr(runner.binaries, "perplexity", f16_fails)
+    outcome = runner.run(small_settings(tiny_model, tmp_path, measures=("quality",), plots=False),
+                         progress_stream=sys.stderr)
+    assert ran == ["f16"]
+    assert [label for label, _ in outcome.failures] == ["perplexity f16", "perplexity iso3", "perplexity planar4/q8_0"]
+    assert "f16 reference" in outcome.failures[1][1]
+    assert not list(tmp_path.glob("*.kld")) and not list(tmp_path.glob(".*.part"))
+
+
+def test_the_summary_survives_the_saves_of_a_later_run(bench_run, tiny_model, tmp_path, monkeypatch):
+    _, out = bench_run
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    seen = []
+
+    def speed(*args):
+        seen.append(json.loads((copy / "results.json").read_text()))
+        return {"pp": 1.0, "pp_sd": 0.0, "tg": 1.0, "tg_sd": 0.0}
+
+    monkeypatch.setattr(runner.binaries, "speed", speed)
+    runner.run(small_settings(tiny_model, copy, depths=(0, 256, 128), plots=False), progress_stream=sys.stderr)
+    assert len(seen) == 3 and all("rows" in doc for doc in seen)
+
+
+def test_under_a_policy_each_layer_is_checked_to_hold_the_types_the_policy_names(tiny_model, tmp_path):
+    from rotorquant.kvpolicy import KVPolicy
+
+    policy = KVPolicy(n_layer=2, base_type_k="iso3", base_type_v="iso3", type_k=[None, "q8_0"]).write(
+        tmp_path / "p.kvpolicy.gguf")
+    s = small_settings(tiny_model, tmp_path / "out", pairs=parse_pairs("iso3"), measures=("quality",),
+                       kv_policy=str(policy), plots=False)
+    outcome = runner.run(s, progress_stream=sys.stderr)
+    assert not outcome.failures, outcome.failures
+    iso3 = parse_pairs("iso3")[0]
+    good = "llama_kv_cache: layer   1: K q8_0, V iso3 (KV policy)\n"
+    runner.binaries._check_policy_layers(good, policy, iso3)
+    with pytest.raises(runner.binaries.ToolFailed, match="layer 1 was allocated as K iso4"):
+        runner.binaries._check_policy_layers(good.replace("q8_0", "iso4"), policy, iso3)
+    with pytest.raises(runner.binaries.ToolFailed, match="logged no layer"):
+        runner.binaries._check_policy_layers("", policy, iso3)
+    # another base type: the policy does not apply, and no layer may say it did
+    runner.binaries._check_policy_layers("", policy, parse_pairs("planar3")[0])

@@ -4,7 +4,7 @@ A sentence with a random passphrase is put at evenly spaced depths of a haystack
 benchmark text (repeated as needed) that fills a context length; the model is asked for
 the passphrase (through its chat template when it has one) and answers greedily.  A trial
 counts when the passphrase is in the answer.  Every pair sees exactly the same prompts
-(seeded), so scores differ only by the cache.
+(seeded by the length), so scores differ only by the cache.
 """
 from __future__ import annotations
 
@@ -38,9 +38,9 @@ def trials(s: Settings, text: str, tokenize) -> list[Trial]:
     words = text.split()
     if not words:
         raise ValueError("the benchmark text has no words to build a haystack from")
-    rng = random.Random(0)
     out = []
     for length in s.niah_lengths:
+        rng = random.Random(f"niah-{length}")  # a length's prompts do not depend on the others asked for
         budget = length - _OVERHEAD
         if budget < 32:
             raise ValueError(f"NIAH length {length} leaves no room for a haystack")

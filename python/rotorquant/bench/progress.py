@@ -30,3 +30,8 @@ class Progress:
         line = f"[{self.done}/{self.total}] {label}: {status}" + (f" ({took:.0f} s)" if status != "kept" else "")
         self.stream.write(("\r\x1b[K" if self.tty else "") + line + "\n")
         self.stream.flush()
+
+    def note(self, message: str) -> None:
+        """A line that is not a step (a warning, what was found on disk)."""
+        self.stream.write(("\r\x1b[K" if self.tty else "") + message + "\n")
+        self.stream.flush()

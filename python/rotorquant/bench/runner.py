@@ -33,10 +33,15 @@ class _Cell:
     label: str             # for the progress line
     measure: Callable[[], dict]
     writes: Path | None = None  # a file later cells read (f16's logits): measured again if it is gone
+    reads: Path | None = None   # a file an earlier cell writes: without it this cell cannot run
 
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def _key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def _text_file(s: Settings, out: Path) -> Path:
@@ -59,8 +64,8 @@ def _kv_bytes(s: Settings, pair: Pair, policy: Path | None) -> dict:
             "n_ctx": p.n_ctx}
 
 
-def _cells(s: Settings, text: Path, n_tokens: int, policy: Path | None) -> list[_Cell]:
-    th = _digest(text)
+def _cells(s: Settings, text: Path | None, n_tokens: int, policy: Path | None) -> list[_Cell]:
+    th = _digest(text) if text is not None else None
     pol = {True: f"policy={_digest(policy)}" if policy else "policy=none", False: "policy=none"}
     cells: list[_Cell] = []
     pairs = s.pairs
@@ -71,14 +76,15 @@ def _cells(s: Settings, text: Path, n_tokens: int, policy: Path | None) -> list[
                                f"KV bytes {pr.label}", lambda pr=pr, pp=pp: _kv_bytes(s, pr, pp)))
     if "quality" in s.measures:
         chunks = min(s.chunks, n_tokens // s.ppl_ctx)
-        base = Path(s.out) / f"f16-logits-{th}-c{s.ppl_ctx}-x{chunks}.kld"
         common = f"c={s.ppl_ctx} chunks={chunks} text={th} ngl={s.n_gpu_layers}"
+        f16_key = f"quality f16 {common} policy=none"
+        base = Path(s.out) / f"f16-logits-{_key_digest(f16_key)}.kld"  # one file per reference measurement
         for pr in [F16, *[p for p in pairs if p != F16]]:  # f16 first: it writes the reference logits
             pp = policy if pr.rotorquant else None
             cells.append(_Cell(("quality", pr.label), f"quality {pr.label} {common} {pol[pr.rotorquant]}",
                                f"perplexity {pr.label}",
                                lambda pr=pr, pp=pp: binaries.perplexity(s, pr, text, chunks, base, pp),
-                               writes=base if pr == F16 else None))
+                               writes=base if pr == F16 else None, reads=None if pr == F16 else base))
     if "speed" in s.measures:
         for pr in pairs:
             pp = policy if pr.rotorquant else None
@@ -117,10 +123,12 @@ def run(s: Settings, *, command: str = "rq-bench", progress_stream=None) -> Outc
     summary in ``results.json`` and the plots.  A failed cell is reported and skipped (a
     rerun tries it again); Ctrl-C keeps every cell finished so far."""
     out = Path(s.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {out} is a file: choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     store = ResultStore(out, Path(s.model))
     policy = locate.resolve(s.kv_policy, s.model) if any(p.rotorquant for p in s.pairs) else None
-    text = _text_file(s, out)
+    text = _text_file(s, out) if {"quality", "niah"} & set(s.measures) else None
     n_tokens = 0
     if "quality" in s.measures:
         n_tokens = len(_tokenizer(s)(text.read_text(errors="replace")))
@@ -131,12 +139,20 @@ def run(s: Settings, *, command: str = "rq-bench", progress_stream=None) -> Outc
     result = Outcome(rows=[], files=[])
     values: dict[tuple, dict] = {}
     bar = Progress(len(cells), progress_stream)
+    if store.discarded:
+        bar.note(f"{store.path} held {store.discarded} measurements of another model file (or of this one "
+                 "before it changed); they are not reused")
     for cell in cells:
         kept = store.get(cell.key)
         if kept is not None and (cell.writes is None or cell.writes.is_file()):
             values[cell.slot] = kept
             result.kept += 1
             bar.finish(cell.label, "kept")
+            continue
+        if cell.reads is not None and not cell.reads.is_file():
+            why = "needs the f16 reference logits, whose measurement failed"
+            result.failures.append((cell.label, why))
+            bar.finish(cell.label, f"skipped: {why}")
             continue
         bar.start(cell.label)
         try:
@@ -151,7 +167,7 @@ def run(s: Settings, *, command: str = "rq-bench", progress_stream=None) -> Outc
 
     result.rows = report.rows(s, values)
     summary = report.summary(s, result.rows)
-    store.save(extra=summary)
+    store.save(summary)
     md = out / "results.md"
     write_atomic(md, report.markdown(s, result.rows, command) + "\n")
     result.files += [store.path, md]

@@ -60,9 +60,12 @@ def parse_pairs(spec: str) -> list[Pair]:
     return pairs
 
 
+_INT_MAX = 2**31 - 1  # the tools read their counts into C ints
+
+
 def _positive(name: str, value: int, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= _INT_MAX:
+        raise ValueError(f"{name} must be an integer from {minimum} to {_INT_MAX}, not {value!r}")
     return value
 
 
@@ -96,18 +99,21 @@ class Settings:
             raise FileNotFoundError(f"model file not found: {self.model}")
         if not self.pairs:
             raise ValueError("no cache types given")
-        _positive("ctx", self.ctx, 64)
+        _positive("ctx", self.ctx, 256)
         self.depths = tuple(sorted({_positive("depth", d, 0) for d in self.depths}))
+        if "speed" in self.measures and not self.depths:
+            raise ValueError("depths: give at least one depth for the speed tests (0: an empty cache)")
         for name in ("n_prompt", "n_gen", "reps", "chunks", "niah_trials"):
             _positive(name, getattr(self, name))
         _positive("ppl_ctx", self.ppl_ctx, 16)
         if self.threads is not None:
             _positive("threads", self.threads)
-        if isinstance(self.n_gpu_layers, bool) or not isinstance(self.n_gpu_layers, int):
-            raise ValueError(f"n_gpu_layers must be an integer, not {self.n_gpu_layers!r}")
+        _positive("n_gpu_layers", self.n_gpu_layers, -1)
         if self.niah_lengths is None:
             self.niah_lengths = tuple(sorted({max(256, self.ctx // 4), max(256, self.ctx // 2), self.ctx}))
         self.niah_lengths = tuple(sorted({_positive("NIAH length", n, 128) for n in self.niah_lengths}))
+        if "niah" in self.measures and not self.niah_lengths:
+            raise ValueError("niah_lengths: give at least one haystack length")
         unknown = set(self.measures) - set(MEASURES)
         if unknown:
             raise ValueError(f"unknown measure(s) {sorted(unknown)}; choose from {', '.join(MEASURES)}")
@@ -116,5 +122,8 @@ class Settings:
             if not self.text.is_file():
                 raise FileNotFoundError(f"text file not found: {self.text}")
         self.out = Path(self.out) if self.out is not None else Path(f"rq-bench-{self.model.stem}")
+        if self.kv_policy.lower() not in ("auto", "none") and not any(p.rotorquant for p in self.pairs):
+            raise ValueError(f"kv_policy {self.kv_policy}: a KV policy applies to pairs with a rotor type, "
+                             f"and none of {','.join(p.label for p in self.pairs)} has one")
         if "quality" in self.measures and F16 not in self.pairs:
             self.pairs = [F16, *self.pairs]  # KL divergence is measured against it

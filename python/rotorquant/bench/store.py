@@ -29,6 +29,7 @@ class ResultStore:
         self.path = folder / "results.json"
         self.model = model_fingerprint(model)
         self.cells: dict[str, dict[str, Any]] = {}
+        self.summary: dict[str, Any] = {}  # the report's rows and when: kept by every save
         self.discarded = 0  # cells of another model found in an existing file
         if self.path.is_file():
             try:
@@ -41,6 +42,7 @@ class ResultStore:
                                  "move it away or choose another --out")
             if old.get("model") == self.model:
                 self.cells = old["cells"]
+                self.summary = {k: v for k, v in old.items() if k not in ("format", "model", "cells")}
             else:
                 self.discarded = len(old["cells"])
 
@@ -51,6 +53,9 @@ class ResultStore:
         self.cells[key] = value
         self.save()
 
-    def save(self, extra: dict[str, Any] | None = None) -> None:
-        doc = {"format": FORMAT, "model": self.model, **(extra or {}), "cells": self.cells}
+    def save(self, summary: dict[str, Any] | None = None) -> None:
+        """Write the file; ``summary`` (the report's rows) replaces the one kept so far."""
+        if summary is not None:
+            self.summary = summary
+        doc = {"format": FORMAT, "model": self.model, **self.summary, "cells": self.cells}
         write_atomic(self.path, json.dumps(doc, indent=1, sort_keys=False) + "\n")

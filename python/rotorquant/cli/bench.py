@@ -84,8 +84,12 @@ def main(argv: "list[str] | None" = None) -> int:
                             chunks=args.chunks, niah_lengths=args.niah_lengths, niah_trials=args.niah_trials,
                             kv_policy=args.kv_policy, measures=args.only, out=args.out, plots=not args.no_plots)
         outcome = run(settings, command=shlex.join(["rq-bench", *argv]))
-    except (ValueError, FileNotFoundError, ImportError, KVPolicyError, RotorQuantError) as exc:
+    except (ValueError, ImportError, KVPolicyError, RotorQuantError) as exc:
         print(f"rq-bench: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the output folder cannot be made or written, the disk is full...
+        print(f"rq-bench: error: {exc.strerror or exc}"
+              + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nrq-bench: interrupted; finished measurements are kept (rerun to go on)", file=sys.stderr)
