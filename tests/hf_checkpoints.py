@@ -92,26 +92,6 @@ def tiny_qwen35(out: Path, tokenizer_dir: Path, moe: bool = True, shards: int = 
     return out
 
 
-
-def trained_checkpoint_from_gguf(out: Path, gguf_path: Path) -> Path:
-    """A real trained Hugging Face checkpoint, rebuilt from a registry GGUF with transformers'
-    GGUF reader (weights dequantised to f32).  save_pretrained refuses a model "quantized with
-    gguf", so a plain model is built from the config and given the state dict."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                  dtype=torch.float32)
-    config = type(loaded.config).from_dict(
-        {k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"})
-    plain = type(loaded)(config)
-    plain.load_state_dict(loaded.state_dict())
-    out.mkdir(parents=True, exist_ok=True)
-    plain.save_pretrained(out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name).save_pretrained(out)
-    return out
-
-
 def _add_mtp_layer(out: Path, full_attention_layer: int, hidden: int) -> None:
     """Append mtp.* tensors (a copy of one full-attention decoder layer, plus the MTP
     projection and norms) to a single-file checkpoint and declare them in config.json."""

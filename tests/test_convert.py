@@ -217,8 +217,7 @@ def test_a_real_trained_checkpoint_converts_back_to_the_same_perplexity(smollm2_
     import re
 
     import rq_assets
-    from hf_checkpoints import trained_checkpoint_from_gguf
-    ckpt = trained_checkpoint_from_gguf(tmp_path / "smollm2-hf", smollm2_model)
+    ckpt = rq_assets.hf_checkpoint(smollm2_model)
     out = tmp_path / "smollm2-f16.gguf"
     proc = rq_convert(ckpt, "-o", out, "--outtype", "f16")
     assert proc.returncode == 0, proc.stderr[-3000:]

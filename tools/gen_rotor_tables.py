@@ -13,7 +13,9 @@ Everything is derived here, deterministically, with the standard library only:
   normalised in double and rounded to float32; |norm - 1| < 1e-6 is asserted.
 * Codebooks: Lloyd-Max levels for N(0, 1/QK) -- the distribution of one coordinate
   of a random unit vector in QK dimensions -- 8 levels (3-bit) and 16 (4-bit),
-  plus the decision thresholds (midpoints).
+  plus the decision thresholds (midpoints).  A 4-level (2-bit) codebook goes to the
+  Python module only: it serves the transformers cache (rotorquant.hf_cache), which has a
+  2-bit setting that the C cache types do not.
 
 Run `python tools/gen_rotor_tables.py` after changing anything here; `--check`
 fails if the committed files differ (the tests run it).
@@ -129,11 +131,12 @@ def build() -> dict:
     sigma = 1.0 / math.sqrt(QK)
     c3 = lloyd_max(8, sigma)
     c4 = lloyd_max(16, sigma)
+    c2 = lloyd_max(4, sigma)
     fork4 = [f32(-x * math.sqrt(2)) for x in reversed(FORK4)] + [f32(x * math.sqrt(2)) for x in FORK4]
-    mse = {"lloyd_max_3": gaussian_mse(c3, sigma), "lloyd_max_4": gaussian_mse(c4, sigma),
+    mse = {"lloyd_max_2": gaussian_mse(c2, sigma), "lloyd_max_3": gaussian_mse(c3, sigma), "lloyd_max_4": gaussian_mse(c4, sigma),
            "fork_4": gaussian_mse(fork4, sigma)}
     assert mse["lloyd_max_4"] < mse["fork_4"], "ship the better 4-bit table"
-    return dict(cos=cos, sin=sin, quats=quats, c3=c3, m3=midpoints(c3), c4=c4, m4=midpoints(c4),
+    return dict(cos=cos, sin=sin, quats=quats, c2=c2, m2=midpoints(c2), c3=c3, m3=midpoints(c3), c4=c4, m4=midpoints(c4),
                 mse=mse)
 
 
@@ -189,6 +192,8 @@ SEED = 0x{SEED:X}
 PLANAR_COS = {[float(x) for x in t["cos"]]!r}
 PLANAR_SIN = {[float(x) for x in t["sin"]]!r}
 ISO_QUAT = {[list(map(float, q)) for q in t["quats"]]!r}
+LEVELS2 = {list(map(float, t["c2"]))!r}  # Python only: the 2-bit setting of the transformers cache
+BOUNDS2 = {list(map(float, t["m2"]))!r}
 LEVELS3 = {list(map(float, t["c3"]))!r}
 BOUNDS3 = {list(map(float, t["m3"]))!r}
 LEVELS4 = {list(map(float, t["c4"]))!r}

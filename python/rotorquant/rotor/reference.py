@@ -11,6 +11,9 @@ specification of the formats:
 3-bit block (26 bytes): half s | qs[16] | signs[8].  Element j = 16 f + c: index bits
     0-1 in qs[c] at bit 2 f, bit 2 in signs[c % 8] at bit 2 f + c // 8.
 4-bit block (34 bytes): half s | qs[32]: element j in qs[j % 32], low nibble if j < 32.
+2-bit block (18 bytes), Python only (the transformers cache's ``bits=2``; no C type):
+    half s | qs[16], element j = 16 f + c at bits 2 f of qs[c] (the 3-bit layout without
+    its third bit), 4 Lloyd-Max levels.
 """
 from __future__ import annotations
 
@@ -19,9 +22,10 @@ import numpy as np
 from . import _tables as T
 
 QK = T.QK
-KINDS = ("planar3", "iso3", "planar4", "iso4")
-BLOCK_BYTES = {"planar3": 2 + QK // 4 + QK // 8, "iso3": 2 + QK // 4 + QK // 8,
-               "planar4": 2 + QK // 2, "iso4": 2 + QK // 2}
+KINDS = ("planar3", "iso3", "planar4", "iso4")  # the C cache types
+PYTHON_ONLY_KINDS = ("planar2", "iso2")
+_PAYLOAD = {2: QK // 4, 3: QK // 4 + QK // 8, 4: QK // 2}
+BLOCK_BYTES = {k: 2 + _PAYLOAD[int(k[-1])] for k in KINDS + PYTHON_ONLY_KINDS}
 
 _COS = np.array(T.PLANAR_COS, dtype=np.float32).astype(np.float64)
 _SIN = np.array(T.PLANAR_SIN, dtype=np.float32).astype(np.float64)
@@ -29,9 +33,8 @@ _QUAT = np.array(T.ISO_QUAT, dtype=np.float32).astype(np.float64)  # (QK/4, 4)
 
 
 def _levels(kind: str) -> tuple[np.ndarray, np.ndarray]:
-    if kind.endswith("3"):
-        return np.array(T.LEVELS3, np.float32), np.array(T.BOUNDS3, np.float32)
-    return np.array(T.LEVELS4, np.float32), np.array(T.BOUNDS4, np.float32)
+    bits = kind[-1]
+    return np.array(getattr(T, "LEVELS" + bits), np.float32), np.array(getattr(T, "BOUNDS" + bits), np.float32)
 
 
 def rotate(x: np.ndarray, kind: str) -> np.ndarray:
@@ -81,8 +84,8 @@ def _tree_sum(a: np.ndarray) -> np.ndarray:
 
 def quantize(x: np.ndarray, kind: str) -> bytes:
     """Encode values (length a multiple of QK) into the type's bytes."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}; choose from {KINDS}")
+    if kind not in BLOCK_BYTES:
+        raise ValueError(f"unknown kind {kind!r}; choose from {KINDS + PYTHON_ONLY_KINDS}")
     blocks = np.asarray(x, dtype=np.float32).reshape(-1, QK)
     levels, bounds = _levels(kind)
     x64 = blocks.astype(np.float64)
@@ -99,7 +102,10 @@ def quantize(x: np.ndarray, kind: str) -> bytes:
     for b in range(blocks.shape[0]):
         out += s[b].tobytes()
         k = idx[b].astype(np.uint32)
-        if kind.endswith("3"):
+        if kind.endswith("2"):
+            fields = k.reshape(4, 16)
+            out += (fields << (2 * np.arange(4, dtype=np.uint32))[:, None]).sum(0).astype(np.uint8).tobytes()
+        elif kind.endswith("3"):
             fields = k.reshape(4, 16)  # [f, c] = element 16 f + c
             qs = ((fields & 3) << (2 * np.arange(4, dtype=np.uint32))[:, None]).sum(0)
             hi = (fields >> 2).reshape(4, 2, 8)  # [f, c // 8, c % 8]
@@ -116,7 +122,10 @@ def indices(data: bytes, kind: str) -> tuple[np.ndarray, np.ndarray]:
     nb = len(data) // BLOCK_BYTES[kind]
     raw = np.frombuffer(data, np.uint8).reshape(nb, BLOCK_BYTES[kind])
     s = raw[:, :2].copy().view(np.float16).astype(np.float32)[:, 0]
-    if kind.endswith("3"):
+    if kind.endswith("2"):
+        f = np.arange(4, dtype=np.uint8)[:, None]
+        idx = ((raw[:, None, 2:] >> (2 * f)) & 3).reshape(nb, QK)
+    elif kind.endswith("3"):
         qs, signs = raw[:, 2:2 + QK // 4], raw[:, 2 + QK // 4:]
         f = np.arange(4, dtype=np.uint8)[:, None]
         lo = (qs[:, None, :] >> (2 * f)) & 3                                  # [block, f, c]
