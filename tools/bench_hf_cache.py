@@ -204,9 +204,7 @@ def main() -> int:
     if args.speed:
         lines += ["", "Decode speed on CUDA (Llama-3.1-8B attention shape, 4 layers, bf16, random weights):", "",
                   "| depth | cache | tok/s | vs Dynamic | stored MiB |", "|---|---|---|---|---|", *speed()]
-    table = "\n".join(lines)
-    print(table)
-    write_section("hf-cache-quality", "IsoQuantCache / PlanarQuantCache for transformers", table)
+    write_section("hf-cache-quality", ["## IsoQuantCache / PlanarQuantCache (transformers)", "", *lines])
     return 0
 
 

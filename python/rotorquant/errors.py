@@ -21,6 +21,16 @@ class ModelLoadError(RotorQuantError):
     """A GGUF file could not be loaded (bad tensors, unknown architecture, memory)."""
 
 
+class GGUFFormatError(ModelLoadError, ValueError):
+    """A model file that is not a well-formed GGUF, found before llama.cpp reads it (where it
+    could abort the interpreter).  ``field`` names what is wrong ("tensor 'output.weight'
+    type", "metadata 'llama.block_count'"), ``offset`` where in the file it was read."""
+
+    def __init__(self, message: str, *, path=None, field: str = "", offset: int | None = None):
+        self.path, self.field, self.offset = path, field, offset
+        super().__init__(message)
+
+
 class ContextError(RotorQuantError):
     """A context (KV cache, compute buffers) could not be created."""
 

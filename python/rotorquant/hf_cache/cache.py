@@ -14,9 +14,12 @@ Llama, Qwen2/3, SmolLM...); models with linear-attention or sliding-window layer
 """
 from __future__ import annotations
 
+import operator
+
 from transformers.cache_utils import (Cache, DummyLayer, LinearAttentionCacheLayerMixin, LinearAttentionLayer,
                                       get_layer_types_and_kwargs)
 
+from .codec import QK
 from .layers import RotorQuantLayer, RotorQuantSlidingWindowLayer
 
 BITS = (2, 3, 4)
@@ -25,10 +28,16 @@ _LINEAR_TYPES = ("linear_attention", "conv")
 _SLIDING_TYPES = ("sliding_attention", "chunked_attention")
 
 
-def _check_bits(name: str, bits) -> int:
-    if isinstance(bits, bool) or bits not in BITS:
-        raise ValueError(f"{name} must be 2, 3 or 4, not {bits!r}")
-    return bits
+def _whole(name: str, value, allowed=None) -> int:
+    """An integer (numpy's too, not a float or bool) within ``allowed``."""
+    try:
+        n = operator.index(value) if not isinstance(value, bool) else None
+    except TypeError:
+        n = None
+    if n is None or (allowed is not None and n not in allowed) or (allowed is None and n < 0):
+        want = "2, 3 or 4" if allowed is not None else "an integer >= 0"
+        raise ValueError(f"{name} must be {want}, not {value!r}")
+    return n
 
 
 class RotorQuantCache(Cache):
@@ -44,10 +53,9 @@ class RotorQuantCache(Cache):
                  residual_length: int = DEFAULT_RESIDUAL_LENGTH):
         if rotation not in ("iso", "planar"):
             raise ValueError(f"rotation must be 'iso' or 'planar', not {rotation!r}")
-        _check_bits("bits", bits)
-        value_bits = bits if value_bits is None else _check_bits("value_bits", value_bits)
-        if isinstance(residual_length, bool) or not isinstance(residual_length, int) or residual_length < 0:
-            raise ValueError(f"residual_length must be an integer >= 0, not {residual_length!r}")
+        bits = _whole("bits", bits, BITS)
+        value_bits = bits if value_bits is None else _whole("value_bits", value_bits, BITS)
+        residual_length = _whole("residual_length", residual_length)
         self.kind_k, self.kind_v = f"{rotation}{bits}", f"{rotation}{value_bits}"
         self.residual_length = residual_length
         self._configured = config is not None
@@ -62,6 +70,12 @@ class RotorQuantCache(Cache):
     def _layers_for(self, config) -> list:
         text = config.get_text_config(decoder=True)
         layer_types, layer_kwargs = get_layer_types_and_kwargs(text)
+        head_dim = getattr(text, "head_dim", None) or (
+            text.hidden_size // text.num_attention_heads if getattr(text, "num_attention_heads", 0) else None)
+        if isinstance(head_dim, int) and head_dim % QK and any(
+                t == "full_attention" or t in _SLIDING_TYPES for t in layer_types):
+            raise ValueError(f"this model's head_dim is {head_dim}, not a multiple of {QK}, the RotorQuant block "
+                             f"({type(self).__name__} needs head_dim 64, 128, 256...)")
         layers = []
         for il, (kind, kw) in enumerate(zip(layer_types, layer_kwargs)):
             if kind == "full_attention":
@@ -82,6 +96,13 @@ class RotorQuantCache(Cache):
         while not self._configured and len(self.layers) <= layer_idx:
             self.layers.append(self._attention_layer(len(self.layers)))
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """As transformers' caches; refused before any layer changes if one layer cannot."""
+        for layer in self.layers:
+            if isinstance(layer, RotorQuantLayer):
+                layer.check_crop(tokens_to_remove)
+        super().crop(tokens_to_remove)
 
     def _linear(self, layer_idx: int) -> None:
         if not self._configured and (layer_idx >= len(self.layers)

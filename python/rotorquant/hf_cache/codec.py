@@ -88,23 +88,40 @@ class BlockCodec:
 
     # -- the two directions ---------------------------------------------------------
 
+    def _chunk_rows(self, width: int) -> int:
+        """Rows per pass: bounds the temporaries (float64 blocks, indices) to tens of MB on
+        the CPU; a GPU takes larger passes (fewer kernel launches)."""
+        values = (1 << 25) if self.device.type == "cuda" else (1 << 21)
+        return max(1, values // width)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """``(..., D)`` floats -> ``(..., D // 64 * block_bytes)`` uint8 blocks."""
-        if x.shape[-1] % QK:
-            raise ValueError(f"the last dimension ({x.shape[-1]}) is not a multiple of the block of {QK} values")
-        lead = x.shape[:-1]
-        blocks = x.to(self.device, torch.float32).reshape(*lead, -1, QK).to(torch.float64)
+        """``(..., D)`` floats -> ``(..., D // 64 * block_bytes)`` uint8 blocks.
+
+        A block holding NaN or inf is written as the C quantiser writes it: the scale clamps
+        to 65504 (fp16's largest), so the row decodes to large finite values, never NaN."""
+        d = x.shape[-1]
+        if d % QK:
+            raise ValueError(f"the last dimension ({d}) is not a multiple of the block of {QK} values")
+        rows = x.reshape(-1, d)
+        out = torch.empty((rows.shape[0], self.packed_width(d)), dtype=torch.uint8, device=self.device)
+        step = self._chunk_rows(d)
+        for r0 in range(0, rows.shape[0], step):
+            out[r0:r0 + step] = self._encode_rows(rows[r0:r0 + step])
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    def _encode_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        blocks = rows.to(self.device, torch.float32).reshape(rows.shape[0], -1, QK).to(torch.float64)
         n = torch.sqrt(self._tree_sum(blocks * blocks))
         y = self._rotate(blocks, self._rot64)
         u = torch.where(n[..., None] > 0, y / torch.where(n > 0, n, 1.0)[..., None], 0.0)
-        idx = (u[..., None] > self._bounds64).sum(-1, dtype=torch.int32)
+        u = torch.where(torch.isnan(u), -torch.inf, u)  # NaN exceeds no bound (as the C comparisons)
+        idx = torch.searchsorted(self._bounds64, u, out_int32=True)  # = number of bounds below u
         lv = self._levels64[idx]
         r = torch.sqrt(self._tree_sum(lv * lv))
         s = torch.where(r > 0, n / torch.where(r > 0, r, 1.0), n).to(torch.float32)
         s = torch.where(s <= 65504.0, s, 65504.0).to(torch.float16)
-        scale_bytes = s.unsqueeze(-1).view(torch.uint8)                       # (..., nb, 2)
-        payload = self._pack(idx)                                             # (..., nb, bytes)
-        return torch.cat((scale_bytes, payload), dim=-1).flatten(-2)
+        scale_bytes = s.unsqueeze(-1).view(torch.uint8)                       # (rows, nb, 2)
+        return torch.cat((scale_bytes, self._pack(idx)), dim=-1).flatten(-2)
 
     def _pack(self, idx: torch.Tensor) -> torch.Tensor:
         fields = idx.unflatten(-1, (4, 16))                                   # [f, c] = element 16 f + c
@@ -118,13 +135,29 @@ class BlockCodec:
         signs = (hi << shift).sum((-3, -2), dtype=torch.int32)
         return torch.cat((qs, signs), dim=-1).to(torch.uint8)
 
-    def decode(self, codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``(..., D // 64 * block_bytes)`` uint8 blocks -> ``(..., D)`` of ``dtype``."""
+    def decode(self, codes: torch.Tensor, dtype: torch.dtype = torch.float32,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+        """``(batch, heads, tokens, packed)`` uint8 blocks -> ``(..., D)`` of ``dtype``, written
+        into ``out`` (e.g. the head of a larger tensor) when given, a pass of tokens at a time."""
+        if codes.dtype != torch.uint8 or codes.shape[-1] % self.block_bytes:
+            raise ValueError(f"{self.kind} codes must be uint8 rows of whole {self.block_bytes}-byte blocks, not "
+                             f"{codes.dtype} rows of {codes.shape[-1]} bytes")
+        d = codes.shape[-1] // self.block_bytes * QK
+        if out is None:
+            out = torch.empty((*codes.shape[:-1], d), dtype=dtype, device=codes.device)
+        if codes.dim() < 2 or codes.shape[-2] == 0:
+            return out
+        per_token = max(1, codes[..., 0, 0].numel()) * d
+        step = max(1, self._chunk_rows(1) // per_token)
+        for t0 in range(0, codes.shape[-2], step):
+            out[..., t0:t0 + step, :] = self._decode_rows(codes[..., t0:t0 + step, :])
+        return out
+
+    def _decode_rows(self, codes: torch.Tensor) -> torch.Tensor:
         raw = codes.unflatten(-1, (-1, self.block_bytes))
         s = raw[..., :2].contiguous().view(torch.float16).to(torch.float32)  # (..., nb, 1)
         idx = self._unpack(raw[..., 2:])
-        x = self._unrotate(self._levels32[idx], self._rot32) * s
-        return x.flatten(-2).to(dtype)
+        return (self._unrotate(self._levels32[idx], self._rot32) * s).flatten(-2)
 
     def _unpack(self, payload: torch.Tensor) -> torch.Tensor:
         p = payload.to(torch.int32)

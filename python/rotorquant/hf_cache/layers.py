@@ -7,6 +7,10 @@ attention is computed by the model's own code on (mostly) dequantized values -- 
 saves memory, not attention time.  Tokens move into blocks as they leave the recent
 window, one C block per 64 values of a head, so any length works (no grouping along the
 sequence).
+
+The tokens of the latest update move into blocks only when the next update comes: until
+then they are held as given, so ``crop`` of them (assisted decoding rejecting a draft, a
+deferred stop) restores exactly the cache that never saw them.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ class RotorQuantLayer(DynamicLayer):
         self.residual_length = residual_length
         self.layer_idx = layer_idx
         self.cumulative_length = 0
+        self.latest = 0
         self.codes_k: torch.Tensor | None = None  # (batch, kv heads, tokens, packed bytes) uint8
         self.codes_v: torch.Tensor | None = None
         self._codec_k: BlockCodec | None = None
@@ -96,26 +101,33 @@ class RotorQuantLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         else:
             self._check_pair(key_states, value_states)
+        self._settle()
+        self.latest = key_states.shape[-2]  # held as given until the next update
         self.cumulative_length += key_states.shape[-2]
-        full_k = torch.cat((self._decoded(self.codes_k, self._codec_k), self.keys, key_states), dim=-2)
-        full_v = torch.cat((self._decoded(self.codes_v, self._codec_v), self.values, value_states), dim=-2)
+        full_k = self._assemble(self.codes_k, self._codec_k, self.keys, key_states)
+        full_v = self._assemble(self.codes_v, self._codec_v, self.values, value_states)
         self.keys = torch.cat((self.keys, key_states), dim=-2)
         self.values = torch.cat((self.values, value_states), dim=-2)
-        self._spill()
-        self._forget()
         return full_k, full_v
 
-    def _decoded(self, codes: torch.Tensor, c: BlockCodec) -> torch.Tensor:
-        return c.decode(codes, self.dtype)
+    def _assemble(self, codes: torch.Tensor, c: BlockCodec, recent: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """[decoded blocks | recent | new] along the tokens, written once into one tensor."""
+        n_q, n_r = codes.shape[-2], recent.shape[-2]
+        full = new.new_empty((*new.shape[:2], n_q + n_r + new.shape[-2], new.shape[-1]))
+        c.decode(codes, self.dtype, out=full[:, :, :n_q])
+        full[:, :, n_q:n_q + n_r] = recent
+        full[:, :, n_q + n_r:] = new
+        return full
 
-    def _spill(self) -> None:
-        """Encode the tokens that left the recent window."""
+    def _settle(self) -> None:
+        """Forget what the layer no longer needs, then encode what left the recent window."""
+        self._forget()
         n = self.keys.shape[-2] - self.residual_length
         if n <= 0:
             return
         self.codes_k = torch.cat((self.codes_k, self._codec_k.encode(self.keys[:, :, :n])), dim=-2)
         self.codes_v = torch.cat((self.codes_v, self._codec_v.encode(self.values[:, :, :n])), dim=-2)
-        # copies, so the full-precision prefix is freed now, not at the next update
+        # copies, so the full-precision prefix is freed now
         self.keys = self.keys[:, :, n:].clone()
         self.values = self.values[:, :, n:].clone()
 
@@ -131,12 +143,18 @@ class RotorQuantLayer(DynamicLayer):
             return 0
         return sum(t.numel() * t.element_size() for t in (self.codes_k, self.codes_v, self.keys, self.values))
 
-    def crop(self, tokens_to_remove: int) -> None:
-        """Remove the last ``-tokens_to_remove`` tokens (transformers' convention: a negative count)."""
+    def check_crop(self, tokens_to_remove: int) -> None:
+        """Raise if ``crop(tokens_to_remove)`` cannot be done (before any layer is touched)."""
         if tokens_to_remove > 0:
             raise ValueError(f"crop takes a negative number of tokens to remove, not {tokens_to_remove}")
-        n = min(-tokens_to_remove, self.cumulative_length)
-        if n == 0 or not self.is_initialized:
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Remove the last ``-tokens_to_remove`` tokens (transformers' convention: a negative
+        count; 0 removes none).  Exact for the tokens of the latest update; older ones were
+        encoded already, and what stays is as encoded."""
+        RotorQuantLayer.check_crop(self, tokens_to_remove)
+        n = min(-tokens_to_remove, self.codes_k.shape[-2] + self.keys.shape[-2]) if self.is_initialized else 0
+        if n == 0:
             return
         from_recent = min(n, self.keys.shape[-2])
         self.keys = self.keys[:, :, :self.keys.shape[-2] - from_recent]
@@ -146,6 +164,7 @@ class RotorQuantLayer(DynamicLayer):
             self.codes_k = self.codes_k[:, :, :self.codes_k.shape[-2] - from_blocks]
             self.codes_v = self.codes_v[:, :, :self.codes_v.shape[-2] - from_blocks]
         self.cumulative_length -= n
+        self.latest = max(0, self.latest - n)
 
     def reset(self) -> None:
         self.codes_k = self.codes_v = None
@@ -165,20 +184,12 @@ class RotorQuantLayer(DynamicLayer):
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         self._each(lambda t: t[indices, ...])
 
-    def offload(self):
-        self._each(lambda t: t.to("cpu", non_blocking=True))
-
-    def prefetch(self):
-        if self.is_initialized and self.keys.device != self.device:
-            self._each(lambda t: t.to(self.device, non_blocking=True))
-
 
 class RotorQuantSlidingWindowLayer(RotorQuantLayer):
     """A sliding-window (or chunked) layer: only the last ``sliding_window - 1`` tokens
     are kept, the older of them as blocks."""
 
     is_sliding = True
-    is_croppable = False
 
     def __init__(self, kind_k: str, kind_v: str, residual_length: int, sliding_window: int,
                  layer_idx: int | None = None):
@@ -187,6 +198,8 @@ class RotorQuantSlidingWindowLayer(RotorQuantLayer):
         self._sliding_window_tensor = torch.tensor(sliding_window, dtype=torch.long)
 
     def _forget(self) -> None:
+        """Keep the last ``sliding_window - 1`` tokens: drop the oldest blocks first (before
+        anything is encoded, so no token is encoded only to be dropped)."""
         excess = self.codes_k.shape[-2] + self.keys.shape[-2] - (self.sliding_window - 1)
         if excess <= 0:
             return
@@ -207,6 +220,16 @@ class RotorQuantSlidingWindowLayer(RotorQuantLayer):
     def get_max_length(self) -> int:
         return self.sliding_window
 
+    def check_crop(self, tokens_to_remove: int) -> None:
+        """Raise if ``crop(tokens_to_remove)`` cannot be exact: tokens already forgotten
+        cannot return, so only the latest update (or anything before the window filled) can
+        be removed."""
+        super().check_crop(tokens_to_remove)
+        held = (self.codes_k.shape[-2] + self.keys.shape[-2]) if self.is_initialized else 0
+        if self.cumulative_length > held and -tokens_to_remove > self.latest:
+            raise RuntimeError(f"{self._where}: cannot remove {-tokens_to_remove} tokens from a sliding window that "
+                               f"already forgot older ones (only the latest update's {self.latest} can be removed)")
+
     def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError("a sliding-window layer of a RotorQuant cache cannot be cropped "
-                                  "(it forgets tokens as it goes)")
+        self.check_crop(tokens_to_remove)
+        super().crop(tokens_to_remove)
