@@ -102,12 +102,21 @@ def test_a_directory_is_not_a_model(tmp_path):
         Llama(tmp_path)
 
 
-def test_truncated_gguf_raises_model_load_error_with_the_c_reason(tiny_model, tmp_path):
+def test_a_truncated_gguf_is_refused_before_c_naming_the_field(tiny_model, tmp_path):
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(tiny_model.read_bytes()[:5000])
-    with pytest.raises(ModelLoadError) as info:
+    with pytest.raises(ModelLoadError, match="metadata 'tokenizer.ggml.scores'.*truncated"):
         Llama(cut)
-    assert info.value.reason  # what llama.cpp logged, not just "failed"
+
+
+def test_what_llama_cpp_refuses_raises_model_load_error_with_the_c_reason(tiny_model, tmp_path):
+    """A well-formed file of an architecture this build does not know."""
+    other = tmp_path / "other.gguf"
+    data = tiny_model.read_bytes()
+    other.write_bytes(data.replace(b"\x05\x00\x00\x00\x00\x00\x00\x00llama", b"\x05\x00\x00\x00\x00\x00\x00\x00llamz", 1))
+    with pytest.raises(ModelLoadError) as info:
+        Llama(other)
+    assert "llamz" in info.value.reason  # what llama.cpp logged, not just "failed"
 
 
 def test_unknown_cache_type_lists_the_valid_names(tiny_model):

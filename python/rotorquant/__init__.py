@@ -9,7 +9,8 @@
 >>> cache = IsoQuantCache(bits=4, config=model.config)
 """
 from . import cache_types, errors
-from .errors import ChatError, ContextError, DecodeError, KVPolicyError, ModelLoadError, RotorQuantError, RpcError
+from .errors import (ChatError, ContextError, DecodeError, GGUFFormatError, KVPolicyError, ModelLoadError,
+                     RotorQuantError, RpcError)
 from .info import build_info
 from ._native import build_config
 from .llama import Llama
@@ -29,4 +30,4 @@ def __getattr__(name: str):
 
 
 __all__ = [*_HF_CACHE, "Llama", "Sampling", "build_info", "cache_types", "errors", "RotorQuantError", "ModelLoadError",
-           "ChatError", "ContextError", "DecodeError", "KVPolicyError", "RpcError", "__version__"]
+           "ChatError", "ContextError", "GGUFFormatError", "DecodeError", "KVPolicyError", "RpcError", "__version__"]

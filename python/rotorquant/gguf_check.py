@@ -25,6 +25,8 @@ MAX_NAME = 63                # GGML_MAX_NAME - 1 (the NUL)
 MAX_STRING = 1 << 30         # upstream's caps on one string and one array
 MAX_ARRAY = 1 << 30
 INT64_MAX = (1 << 63) - 1
+LLAMA_MAX_LAYERS = 512       # src/llama-hparams.h (a test compares them with the header)
+LLAMA_MAX_EXPERTS = 1024
 
 # GGUF value types (gguf.h's enum gguf_type): struct code, byte size
 _SCALARS = {0: ("B", 1), 1: ("b", 1), 2: ("H", 2), 3: ("h", 2), 4: ("I", 4), 5: ("i", 4), 6: ("f", 4),
@@ -69,6 +71,7 @@ class GGUFHeader:
     """What ``validate_gguf`` read: the metadata (scalars and arrays as Python values, strings
     as ``str``) and the tensor table."""
 
+    path: Path
     version: int
     metadata: dict = field(default_factory=dict)
     tensors: list[TensorInfo] = field(default_factory=list)
@@ -135,10 +138,29 @@ def _value(r: _Reader, vtype: int, what: str, keep: bool = True):
             at = r.take(n * size, f"{what} ({n} elements)")
             return list(struct.unpack_from(f"<{n}{code}", r.buf, at)) if keep else None
         if etype == _STRING:
-            # vocabularies: kept as bytes (duplicates are checked on bytes, as llama-vocab maps them)
-            return [r.string(f"{what}[{i}]", raw=True) for i in range(n)]
+            return _string_array(r, n, what)
         r.fail(f"{what} element type", f"unknown GGUF value type {etype}")
     r.fail(f"{what} type", f"unknown GGUF value type {vtype}")
+
+
+def _string_array(r: _Reader, n: int, what: str) -> list[bytes]:
+    """Vocabularies (~150K strings): kept as bytes (duplicates are checked on bytes, as
+    llama-vocab maps them), read in a tight loop; the element is named only on failure."""
+    buf, pos, size, out = r.buf, r.pos, r.size, []
+    unpack = struct.Struct("<Q").unpack_from
+    for i in range(n):
+        if size - pos < 8:
+            r.pos = pos
+            r.fail(f"{what}[{i}] length", f"needs 8 bytes at offset {pos} but the file ends at {size} (truncated?)")
+        length = unpack(buf, pos)[0]
+        pos += 8
+        if length > MAX_STRING or length > size - pos:
+            r.pos = pos
+            r.fail(f"{what}[{i}]", f"string of {length} bytes at offset {pos} runs past the end of the file")
+        out.append(bytes(buf[pos:pos + length]))
+        pos += length
+    r.pos = pos
+    return out
 
 
 def _types():
@@ -162,8 +184,14 @@ def read_header(path: str | os.PathLike[str]) -> GGUFHeader:
     p = check_gguf_path(path)
     with open(p, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            return _read(_Reader(memoryview(buf), p), size)
+        if size == 0:
+            raise GGUFFormatError(f"{p}: the file is empty", path=p, field="magic", offset=0)
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            view = memoryview(mm)
+            try:
+                return _read(_Reader(view, p), size)
+            finally:
+                view.release()  # before the map closes (an exception's frames still refer to it)
 
 
 def _read(r: _Reader, file_size: int) -> GGUFHeader:
@@ -180,7 +208,7 @@ def _read(r: _Reader, file_size: int) -> GGUFHeader:
             r.fail("metadata count", f"{n_kv} entries cannot fit in a file of {file_size} bytes", 16)
         if n_tensors > file_size // 25:
             r.fail("tensor count", f"{n_tensors} tensors cannot fit in a file of {file_size} bytes", 8)
-        header = GGUFHeader(version)
+        header = GGUFHeader(r.path, version)
         for i in range(n_kv):
             key = r.string(f"metadata entry {i} key")
             if not key:
@@ -271,7 +299,12 @@ def _check_metadata(header: GGUFHeader, path: Path) -> None:
             v = md.get(key)
             if v is not None and not isinstance(v, list) and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
                 fail(key, f"must be a positive integer, not {v!r}")
+        n_layer = md.get(f"{arch}.block_count")
+        if isinstance(n_layer, int) and n_layer > LLAMA_MAX_LAYERS:
+            fail(f"{arch}.block_count", f"{n_layer} layers; llama.cpp takes at most {LLAMA_MAX_LAYERS}")
         n_expert, n_used = md.get(f"{arch}.expert_count"), md.get(f"{arch}.expert_used_count")
+        if isinstance(n_expert, int) and n_expert > LLAMA_MAX_EXPERTS:
+            fail(f"{arch}.expert_count", f"{n_expert} experts; llama.cpp takes at most {LLAMA_MAX_EXPERTS}")
         if isinstance(n_expert, int) and isinstance(n_used, int) and n_expert > 0 and not 0 < n_used <= n_expert:
             fail(f"{arch}.expert_used_count", f"{n_used} experts used of {n_expert}")
     tokens = md.get("tokenizer.ggml.tokens")

@@ -21,7 +21,7 @@ from . import cache_types, rpc
 from ._logging import Capture, logger
 from ._native import ffi, lib
 from .errors import ContextError, DecodeError, ModelLoadError
-from .gguf_check import check_gguf_path
+from .gguf_check import validate_gguf
 from .kvpolicy import locate as _kv_locate
 from ._checks import _alternatives, _locked, _positive_int
 from .chat_api import ChatMixin
@@ -132,7 +132,7 @@ class Llama(ChatMixin):
         self._reused = 0                          # prompt tokens the last generation took from it
 
         # Everything checkable is checked before any C call.
-        path = check_gguf_path(model_path)
+        path = validate_gguf(model_path).path
         self.cache_type_k = cache_types.get(cache_type_k)
         self.cache_type_v = cache_types.get(cache_type_v)
         fa = _flash_attn_mode(flash_attn)

@@ -22,7 +22,7 @@ from ._checks import _positive_int
 from ._logging import Capture
 from ._native import ffi, lib
 from .errors import ContextError, ModelLoadError
-from .gguf_check import check_gguf_path
+from .gguf_check import validate_gguf
 from .kvpolicy import locate as _kv_locate
 from .llama import _FLASH_ATTN, _flash_attn_mode, memory_by_device
 from .placement import Placement
@@ -96,7 +96,7 @@ def plan(model_path: str | os.PathLike[str], *, n_ctx: int, cache_type_k: str = 
     """The memory a load with these settings needs, per device (defaults as llama-server's:
     every layer offloaded, batch 2048, micro-batch 512).  ``n_ctx`` is the whole context,
     shared by ``n_parallel`` sequences as in ``llama-server -np``."""
-    path = check_gguf_path(model_path)
+    path = validate_gguf(model_path).path
     k, v = cache_types.get(cache_type_k), cache_types.get(cache_type_v)
     fa = _flash_attn_mode(flash_attn)
     _positive_int("n_ctx", n_ctx)
