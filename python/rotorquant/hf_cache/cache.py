@@ -23,7 +23,7 @@ from .codec import QK
 from .layers import RotorQuantLayer, RotorQuantSlidingWindowLayer
 
 BITS = (2, 3, 4)
-DEFAULT_RESIDUAL_LENGTH = 128  # chosen by measurement: docs/BENCHMARKS.md, section hf-cache-quality
+DEFAULT_RESIDUAL_LENGTH = 128  # chosen by measurement: docs/BENCHMARKS.md, section hf-cache-quality (residual sweep)
 _LINEAR_TYPES = ("linear_attention", "conv")
 _SLIDING_TYPES = ("sliding_attention", "chunked_attention")
 
