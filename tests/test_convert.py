@@ -281,3 +281,41 @@ def test_split_output_keeps_llama_cpp_split_names_and_loads(qwen35, tmp_path):
     with Llama(tmp_path / parts[0], n_ctx=64) as llm:
         llm.eval([1, 2, 3])
         assert len(llm.logits()) == llm.n_vocab
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"dtype": ["F32"], "shape": [4], "data_offsets": [0, 16]}, "unknown dtype"),
+    ({"dtype": "F32", "shape": [4], "data_offsets": ["0", "16"]}, "not \\[begin, end\\]"),
+    ({"dtype": "F32", "shape": [4], "data_offsets": [0, 16, 32]}, "not \\[begin, end\\]"),
+    ({"dtype": "F32", "shape": [4.0], "data_offsets": [0, 16]}, "not a list of whole numbers"),
+    ({"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}, "not a list of whole numbers"),
+    ({"dtype": "F32", "shape": [True], "data_offsets": [0, 16]}, "not a list of whole numbers"),
+    ({"dtype": "F32", "shape": [2**62], "data_offsets": [0, 16]}, "do not fit"),
+    (["F32"], "not an object"),
+])
+def test_a_lying_safetensors_entry_is_refused_by_name(tmp_path, entry, message):
+    import json
+    import struct
+
+    from rotorquant.convert.checkpoint import CheckpointError, read_safetensors_header
+    raw = json.dumps({"w": entry}).encode()
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 16)
+    with pytest.raises(CheckpointError, match=message):
+        read_safetensors_header(path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"w": {"dtype": "F32", "shape": [NaN], "data_offsets": [0, 16]}}', "NaN is not JSON"),
+    ('{"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}, "w": {}}', "'w' appears twice"),
+    ('{"deep": ' + "[" * 100000 + "]" * 100000 + "}", "nested too deeply"),
+    ('{"__metadata__": {"a": 1}}', "__metadata__ must map names to strings"),
+])
+def test_a_safetensors_header_that_is_not_strict_json_is_refused(tmp_path, text, message):
+    import struct
+
+    from rotorquant.convert.checkpoint import CheckpointError, read_safetensors_header
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(struct.pack("<Q", len(text)) + text.encode() + b"\0" * 16)
+    with pytest.raises(CheckpointError, match=message):
+        read_safetensors_header(path)

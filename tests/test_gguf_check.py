@@ -129,8 +129,6 @@ def test_our_kv_cache_types_are_refused_as_weights(tmp_path, name):
      "metadata 'llama.expert_used_count'", "5 experts used of 4"),
     (ARCH + [u32("llama.expert_count", LLAMA_MAX_EXPERTS + 1)], "metadata 'llama.expert_count'", "at most 1024"),
     ([strings("tokenizer.ggml.tokens", ["a", "b", "a"])], "metadata 'tokenizer.ggml.tokens'", "token 2 .* twice"),
-    ([strings("tokenizer.ggml.tokens", ["a", "b"]), u32("tokenizer.ggml.bos_token_id", 2)],
-     "metadata 'tokenizer.ggml.bos_token_id'", "token id 2 is outside the vocabulary of 2"),
     ([strings("tokenizer.ggml.tokens", ["a", "b"]),
       kv("tokenizer.ggml.scores", ARR, struct.pack("<IQ", F32, 1) + b"\0" * 4)],
      "metadata 'tokenizer.ggml.scores'", "1 entries for 2 tokens"),
@@ -166,15 +164,3 @@ def test_real_models_pass(smollm2_model):
     header = read_header(smollm2_model)
     assert len(header.metadata["tokenizer.ggml.tokens"]) == 49152
     validate_gguf(smollm2_model)
-
-
-def test_2100_mutants_load_or_are_refused_and_none_kills_the_process(tiny_model, tmp_path):
-    """A seeded corpus (truncations, boundary integers, bit flips) loaded through Llama in
-    worker processes: 0 crashes, 0 hangs, 0 tracebacks of ours.  tools/fuzz_gguf.py runs
-    larger corpora (40,000 mutants, seeds 1-4: 0 crashes)."""
-    import fuzz_gguf
-
-    failures = []
-    outcomes = fuzz_gguf.run(tiny_model, 2100, seed=7, workers=2, keep=tmp_path / "findings", log=failures.append)
-    assert not failures, failures[:10]
-    assert outcomes["refused"] > 1500 and outcomes["ok"] > 100  # the corpus exercises both ways

@@ -324,16 +324,13 @@ def _check_metadata(header: GGUFHeader, path: Path) -> None:
             v = md.get(key)
             if v is not None and (not isinstance(v, list) or len(v) != n_vocab):
                 fail(key, f"has {len(v) if isinstance(v, list) else 'no'} entries for {n_vocab} tokens")
-        for key, v in md.items():
-            if key.startswith("tokenizer.ggml.") and key.endswith("_token_id") and isinstance(v, int) \
-                    and not isinstance(v, bool) and not 0 <= v < n_vocab and v != 0xFFFFFFFF and v != -1:
-                fail(key, f"token id {v} is outside the vocabulary of {n_vocab}")
 
 
 def validate_gguf(path: str | os.PathLike[str]) -> GGUFHeader:
     """Check a GGUF before llama.cpp loads it: the container (see ``read_header``) and the
-    metadata the loader asserts on (positive sizes, experts, a vocabulary without duplicate
-    strings, special-token ids inside it).  Raises ``GGUFFormatError`` naming the field."""
+    metadata the loader asserts on (positive sizes, layer and expert limits, a vocabulary
+    without duplicate strings and with as many scores and types as tokens; special-token ids
+    outside the vocabulary are llama.cpp's to disable, with a warning).  Raises ``GGUFFormatError`` naming the field."""
     header = read_header(path)
     _check_metadata(header, Path(path))
     return header

@@ -57,6 +57,7 @@ def main(argv: "list[str] | None" = None) -> int:
     from ..convert.checkpoint import CheckpointError
     from ..convert.pipeline import ConvertError, convert, make_plan
     from ..convert.verify import VerifyError
+    from ..errors import RotorQuantError
 
     try:
         src = resolve_source(args.src, args.revision)
@@ -67,7 +68,7 @@ def main(argv: "list[str] | None" = None) -> int:
         files = convert(plan, source_id=args.src, revision=args.revision, force=args.force,
                         split_max_size=args.split_max_size, verify=args.verify,
                         keep_intermediate=args.keep_intermediate)
-    except (CheckpointError, ConvertError, VerifyError, OSError) as exc:
+    except (CheckpointError, ConvertError, VerifyError, RotorQuantError, OSError) as exc:
         print(f"rq-convert: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

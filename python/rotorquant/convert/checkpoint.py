@@ -58,7 +58,39 @@ class Checkpoint:
         return n
 
 
+def _strict_json(text, what: str, strict: bool = True):
+    """JSON as the safetensors format means it: no NaN/Infinity, no duplicate keys (``strict``;
+    config files are read as transformers reads them), bounded nesting (a RecursionError is
+    a clear error, not a traceback)."""
+    def no_constant(name):
+        raise ValueError(f"{name} is not JSON")
+
+    def pairs(items):
+        out = {}
+        for k, v in items:
+            if k in out:
+                raise ValueError(f"key {k!r} appears twice")
+            out[k] = v
+        return out
+
+    try:
+        if not strict:
+            return json.loads(text)
+        return json.loads(text, parse_constant=no_constant, object_pairs_hook=pairs)
+    except RecursionError:
+        raise CheckpointError(f"{what} is nested too deeply to be a header") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{what} is not valid JSON ({exc})") from None
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
+    """Every tensor's dtype, shape and byte range, checked against the file before anything
+    reads the data: known dtypes, whole non-negative shapes and offsets, ranges that hold
+    exactly the tensor and lie inside the file without overlapping."""
     size = path.stat().st_size
     with open(path, "rb") as fh:
         raw = fh.read(8)
@@ -67,33 +99,37 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
         (n,) = struct.unpack("<Q", raw)
         if n > MAX_HEADER or 8 + n > size:
             raise CheckpointError(f"{path}: safetensors header claims {n} bytes but the file has {size}")
-        try:
-            header = json.loads(fh.read(n))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CheckpointError(f"{path}: safetensors header is not valid JSON ({exc})") from None
+        header = _strict_json(fh.read(n), f"{path}: safetensors header")
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: safetensors header is not a JSON object")
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise CheckpointError(f"{path}: __metadata__ must map names to strings")
     data_size = size - 8 - n
     out, spans = {}, []
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        try:
-            dtype, shape, (begin, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry") from None
+        if not isinstance(info, dict):
+            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry (not an object)")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
+            raise CheckpointError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            raise CheckpointError(f"{path}: tensor {name!r} has shape {shape!r}, not a list of whole numbers >= 0")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
+            raise CheckpointError(f"{path}: tensor {name!r} has data_offsets {offsets!r}, not [begin, end]")
+        begin, end = offsets
         count = 1
         for d in shape:
             count *= d
-        expected = count * DTYPE_BYTES.get(dtype, 0)
-        if dtype not in DTYPE_BYTES:
-            raise CheckpointError(f"{path}: tensor {name!r} has unknown dtype {dtype}")
-        if not (0 <= begin <= end <= data_size) or end - begin != expected:
+        expected = count * DTYPE_BYTES[dtype]
+        if not begin <= end <= data_size or end - begin != expected:
             raise CheckpointError(
-                f"{path}: tensor {name!r} offsets [{begin}, {end}) do not fit {dtype}{list(shape)} "
+                f"{path}: tensor {name!r} offsets [{begin}, {end}) do not fit {dtype}{shape} "
                 f"({expected} bytes) in the file's {data_size} data bytes (truncated or corrupt)")
         spans.append((begin, end, name))
-        out[name] = TensorInfo(name, dtype, shape, expected, path.name)
+        out[name] = TensorInfo(name, dtype, tuple(shape), expected, path.name)
     spans.sort()
     for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
         if b1 < e0:
@@ -109,10 +145,9 @@ def open_checkpoint(path: Path) -> Checkpoint:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{path} has no config.json: not a Hugging Face model folder")
-    try:
-        config = json.loads(config_file.read_text())
-    except ValueError as exc:
-        raise CheckpointError(f"{config_file} is not valid JSON ({exc})") from None
+    config = _strict_json(config_file.read_bytes(), str(config_file), strict=False)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_file} is not a JSON object")
     files = sorted(path.glob("*.safetensors"))
     if not files:
         pickled = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
@@ -129,7 +164,10 @@ def open_checkpoint(path: Path) -> Checkpoint:
             ckpt.tensors[name] = info
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        doc = _strict_json(index.read_bytes(), str(index), strict=False)
+        weight_map = doc.get("weight_map", {}) if isinstance(doc, dict) else None
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index} has no weight_map object")
         missing = sorted(set(weight_map) - set(ckpt.tensors))
         if missing:
             raise CheckpointError(f"{index.name} lists {len(missing)} tensors no shard holds, e.g. {missing[0]!r}")

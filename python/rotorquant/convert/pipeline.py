@@ -8,6 +8,7 @@ name.  Existing outputs are kept unless ``force`` is set.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import os
 import shutil
@@ -93,6 +94,7 @@ def make_plan(src: Path, out: "Path | None", outtype: str, quant: "str | None", 
     return Plan(ckpt, outtype, quant, mmproj, outputs, int(n_bytes), 2 * largest_group_bytes(ckpt), free, info)
 
 
+@functools.lru_cache(maxsize=None)
 def converter_info(architecture: str) -> dict:
     """{"text", "mmproj", "mtp"}: what the pinned converter supports for this architecture."""
     proc = subprocess.run([sys.executable, str(Path(__file__).with_name("_converter_info.py")), architecture],
