@@ -39,16 +39,15 @@ def cache_kw(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def configs(residual: int | None = None):
+def configs():
     from transformers import DynamicCache
 
     from rotorquant import IsoQuantCache, PlanarQuantCache
 
-    kw = {} if residual is None else {"residual_length": residual}
     yield "DynamicCache", lambda model: DynamicCache()
     for bits in (4, 3, 2):
         for cls in (IsoQuantCache, PlanarQuantCache):
-            yield f"{cls.__name__}(bits={bits})", lambda model, c=cls, b=bits: c(bits=b, config=model.config, **kw)
+            yield f"{cls.__name__}(bits={bits})", lambda model, c=cls, b=bits: c(bits=b, config=model.config)
 
 
 def chunked_perplexity(model, ids, make_cache) -> float:

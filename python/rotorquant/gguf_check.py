@@ -9,6 +9,7 @@ only the header (the metadata and tensor table, not the weights), through ``mmap
 """
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import struct
@@ -120,7 +121,7 @@ class _Reader:
             self.fail(what, "string is not UTF-8", at)
 
 
-def _value(r: _Reader, vtype: int, what: str, keep: bool = True):
+def _value(r: _Reader, vtype: int, what: str):
     if vtype in _SCALARS:
         code, size = _SCALARS[vtype]
         return r.scalar(code, size, what)
@@ -136,7 +137,7 @@ def _value(r: _Reader, vtype: int, what: str, keep: bool = True):
         if etype in _SCALARS:
             code, size = _SCALARS[etype]
             at = r.take(n * size, f"{what} ({n} elements)")
-            return list(struct.unpack_from(f"<{n}{code}", r.buf, at)) if keep else None
+            return list(struct.unpack_from(f"<{n}{code}", r.buf, at))
         if etype == _STRING:
             return _string_array(r, n, what)
         r.fail(f"{what} element type", f"unknown GGUF value type {etype}")
@@ -163,20 +164,21 @@ def _string_array(r: _Reader, n: int, what: str) -> list[bytes]:
     return out
 
 
-def _types():
-    """ggml's type table, from the library: {id: (name, block size, type size)} of the types
-    a weight may have (our KV-cache-only types are not among them)."""
+@functools.lru_cache(maxsize=None)
+def _types() -> tuple[dict, frozenset]:
+    """ggml's type table, from the library: ({id: (name, block size, type size)} of the types
+    a weight may have, the ids of KV-cache-only types, ours included)."""
     from . import cache_types
     from ._native import ffi, lib
 
-    ours = {t.ggml_type for t in cache_types.all_types() if t.rotorquant}
-    out = {}
+    kv_only = frozenset({t.ggml_type for t in cache_types.all_types() if t.rotorquant}
+                        | {t for t in range(lib.GGML_TYPE_COUNT) if lib.rq_is_kv_only_type(t)})
+    weights = {}
     for t in range(lib.GGML_TYPE_COUNT):
         size, blck = lib.ggml_type_size(t), lib.ggml_blck_size(t)
-        if size == 0 or blck == 0 or t in ours or lib.rq_is_kv_only_type(t):
-            continue
-        out[t] = (ffi.string(lib.ggml_type_name(t)).decode(), blck, size)
-    return out
+        if size and blck and t not in kv_only:
+            weights[t] = (ffi.string(lib.ggml_type_name(t)).decode(), blck, size)
+    return weights, kv_only
 
 
 def read_header(path: str | os.PathLike[str]) -> GGUFHeader:
@@ -224,7 +226,7 @@ def _read(r: _Reader, file_size: int) -> GGUFHeader:
                 if a == 0 or a & (a - 1):
                     r.fail("metadata 'general.alignment'", f"{a} is not a power of two")
                 header.alignment = a
-        types = _types()
+        types, kv_only = _types()
         names = set()
         for i in range(n_tensors):
             name = r.string(f"tensor {i} name")
@@ -242,7 +244,7 @@ def _read(r: _Reader, file_size: int) -> GGUFHeader:
             offset = r.u64(f"{what} data offset")
             if ttype not in types:
                 r.fail(f"{what} type", f"type id {ttype} is not a weight type of this build"
-                       + (" (a KV-cache-only type)" if _is_kv_type(ttype) else ""))
+                       + (" (a KV-cache-only type)" if ttype in kv_only else ""))
             tname, blck, tsize = types[ttype]
             n = 1
             for d, ne in enumerate(shape):
@@ -272,14 +274,6 @@ def _read(r: _Reader, file_size: int) -> GGUFHeader:
         return header
     except (struct.error, OverflowError, MemoryError) as exc:  # belt and braces: the checks above come first
         r.fail("header", f"unreadable ({exc})")
-
-
-def _is_kv_type(t: int) -> bool:
-    from . import cache_types
-    from ._native import lib
-
-    return t < lib.GGML_TYPE_COUNT and (bool(lib.rq_is_kv_only_type(t))
-                                        or any(c.ggml_type == t and c.rotorquant for c in cache_types.all_types()))
 
 
 # -- metadata the loader trusts ---------------------------------------------------------

@@ -43,20 +43,20 @@ def _whole(name: str, value, allowed=None) -> int:
 class RotorQuantCache(Cache):
     """A transformers ``Cache`` whose attention layers store RotorQuant blocks.
 
-    ``rotation`` is ``"iso"`` (4D quaternion blocks) or ``"planar"`` (2D Givens pairs);
-    ``bits`` sets K and V (``value_bits`` sets V apart: V tolerates fewer bits than K);
-    the newest ``residual_length`` tokens of each layer stay in the model's precision
+    The class's ``rotation`` is ``"iso"`` (4D quaternion blocks, ``IsoQuantCache``) or
+    ``"planar"`` (2D Givens pairs, ``PlanarQuantCache``); ``bits`` sets K and V
+    (``value_bits`` sets V apart: V tolerates fewer bits than K); the newest ``residual_length`` tokens of each layer stay in the model's precision
     (default 128).
     """
 
-    def __init__(self, rotation: str = "iso", bits: int = 4, *, value_bits: int | None = None, config=None,
+    rotation = "iso"
+
+    def __init__(self, bits: int = 4, *, value_bits: int | None = None, config=None,
                  residual_length: int = DEFAULT_RESIDUAL_LENGTH):
-        if rotation not in ("iso", "planar"):
-            raise ValueError(f"rotation must be 'iso' or 'planar', not {rotation!r}")
         bits = _whole("bits", bits, BITS)
         value_bits = bits if value_bits is None else _whole("value_bits", value_bits, BITS)
         residual_length = _whole("residual_length", residual_length)
-        self.kind_k, self.kind_v = f"{rotation}{bits}", f"{rotation}{value_bits}"
+        self.kind_k, self.kind_v = f"{self.rotation}{bits}", f"{self.rotation}{value_bits}"
         self.residual_length = residual_length
         self._configured = config is not None
         if config is None:
@@ -141,14 +141,10 @@ class IsoQuantCache(RotorQuantCache):
     the C type ``iso3`` (3.25 bits per element), ``bits=4`` ``iso4`` (4.25), ``bits=2`` a
     2.25-bit Python-only format."""
 
-    def __init__(self, bits: int = 4, *, value_bits: int | None = None, config=None,
-                 residual_length: int = DEFAULT_RESIDUAL_LENGTH):
-        super().__init__("iso", bits, value_bits=value_bits, config=config, residual_length=residual_length)
+    rotation = "iso"
 
 
 class PlanarQuantCache(RotorQuantCache):
     """RotorQuant with 2D Givens rotation pairs: ``planar3`` / ``planar4`` / 2-bit."""
 
-    def __init__(self, bits: int = 4, *, value_bits: int | None = None, config=None,
-                 residual_length: int = DEFAULT_RESIDUAL_LENGTH):
-        super().__init__("planar", bits, value_bits=value_bits, config=config, residual_length=residual_length)
+    rotation = "planar"
